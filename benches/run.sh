@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Filesystem benchmark: the same workloads on lunafs, ext4 (a directory on the same disk),
+# tmpfs and bindfs (a FUSE passthrough), in one run, printed as a markdown table with the
+# lunafs/bindfs ratio (< 1.00 means lunafs is faster for times; > 1.00 better for IOPS).
+#
+#   benches/run.sh [--quick]      (--quick: 2,000 files and a 256 MiB sequential file)
+#
+# Needs root (tmpfs mount, drop_caches), fuse3, bindfs, fio, python3 (contrib/install-deps.sh).
+# Everything lives under $BENCH_DIR (default /var/tmp/lunafs-bench) and is removed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FILES=10000; SEQ_MB=1024; XATTRS=10000
+if [ "${1:-}" = "--quick" ]; then FILES=2000; SEQ_MB=256; XATTRS=2000; fi
+BASE=${BENCH_DIR:-/var/tmp/lunafs-bench}
+BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
+cargo build --release --locked >/dev/null
+[ "$(id -u)" -eq 0 ] || { echo "run as root (tmpfs mount and drop_caches)" >&2; exit 1; }
+
+cleanup() {
+  for m in "$BASE/lunafs" "$BASE/bindfs"; do mountpoint -q "$m" && fusermount3 -u "$m" || true; done
+  if mountpoint -q "$BASE/lunafs"; then "$BIN" umount "$BASE/lunafs" || true; fi
+  mountpoint -q "$BASE/tmpfs" && umount "$BASE/tmpfs" || true
+  rm -rf "$BASE"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$BASE"/{ext4,tmpfs,bindfs-src,bindfs,lunafs,tar}
+mount -t tmpfs -o size=$((SEQ_MB + 1024))m tmpfs "$BASE/tmpfs"
+bindfs "$BASE/bindfs-src" "$BASE/bindfs"
+"$BIN" mount "$BASE/store" "$BASE/lunafs"
+mkdir "$BASE/lunafs/bench"
+
+# A real source tree to untar: RocksDB's sources from the cargo registry.
+SRC=$(ls -d "$HOME"/.cargo/registry/src/*/librocksdb-sys-*/rocksdb 2>/dev/null | head -1)
+tar -C "$(dirname "$SRC")" -cf "$BASE/tar/src.tar" "$(basename "$SRC")"
+TAR_FILES=$(tar -tf "$BASE/tar/src.tar" | wc -l)
+
+declare -A DIRS=([ext4]="$BASE/ext4" [tmpfs]="$BASE/tmpfs" [bindfs]="$BASE/bindfs" [lunafs]="$BASE/lunafs/bench")
+ORDER=(lunafs bindfs ext4 tmpfs)
+declare -A R
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+timed() { # name target cmd...
+  local name=$1 t=$2; shift 2
+  drop
+  local s; s=$(now); "$@" >/dev/null; local e; e=$(now)
+  R[$name,$t]=$(python3 -c "print(f'{$e-$s:.3f}')")
+}
+
+py() { python3 - "$@"; }
+mkfiles() { py "$1" "$FILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2]); data = os.urandom(4096)
+for i in range(10): os.makedirs(f"{d}/small/d{i}", exist_ok=True)
+for i in range(n):
+    fd = os.open(f"{d}/small/d{i%10}/f{i}", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    os.write(fd, data); os.close(fd)
+PY
+}
+statfiles() { py "$1" "$FILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n): os.stat(f"{d}/small/d{i%10}/f{i}")
+PY
+}
+readfiles() { py "$1" "$FILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(f"{d}/small/d{i%10}/f{i}", "rb") as f: assert len(f.read()) == 4096
+PY
+}
+rmfiles() { py "$1" "$FILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n): os.unlink(f"{d}/small/d{i%10}/f{i}")
+PY
+}
+xattrs() { py "$1" "$XATTRS" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2]); p = f"{d}/xattr-obj"; open(p, "w").close()
+for i in range(n): os.setxattr(p, f"user.k{i}", b"v" * 32)
+for i in range(n): assert os.getxattr(p, f"user.k{i}") == b"v" * 32
+PY
+}
+fio_iops() { # dir rw
+  fio --name=b --directory="$1" --filename=fio.dat --size=256M --bs=4k --rw="$2" \
+      --ioengine=psync --runtime=10 --time_based --end_fsync=1 --output-format=terse 2>/dev/null |
+    awk -F';' -v rw="$2" '{ print (rw == "randread") ? $8 : $49 }'
+}
+
+for t in "${ORDER[@]}"; do
+  d=${DIRS[$t]}
+  timed create "$t" mkfiles "$d"
+  timed stat "$t" statfiles "$d"
+  timed lsR "$t" ls -lR "$d/small"
+  timed read "$t" readfiles "$d"
+  timed unlink "$t" rmfiles "$d"
+  timed seqwrite "$t" dd if=/dev/zero of="$d/seq" bs=1M count="$SEQ_MB" conv=fsync status=none
+  timed seqread "$t" dd if="$d/seq" of=/dev/null bs=1M status=none
+  rm -f "$d/seq"
+  timed untar "$t" tar -C "$d" -xf "$BASE/tar/src.tar"
+  timed rmrf "$t" rm -rf "$d/$(basename "$SRC")"
+  timed xattr "$t" xattrs "$d"
+  drop; R[randwrite,$t]=$(fio_iops "$d" randwrite)
+  drop; R[randread,$t]=$(fio_iops "$d" randread)
+  rm -f "$d/fio.dat"
+done
+
+echo
+echo "| workload | lunafs | bindfs | ext4 | tmpfs | lunafs/bindfs |"
+echo "|---|---|---|---|---|---|"
+row() { # key label unit
+  local k=$1 label=$2
+  local ratio; ratio=$(python3 -c "a,b=float('${R[$k,lunafs]}'),float('${R[$k,bindfs]}'); print(f'{a/b:.2f}' if b else '-')")
+  echo "| $label | ${R[$k,lunafs]} | ${R[$k,bindfs]} | ${R[$k,ext4]} | ${R[$k,tmpfs]} | $ratio |"
+}
+row create "create+write $FILES x 4 KiB in 10 dirs (s)"
+row stat "stat $FILES files (s)"
+row lsR "ls -lR (s)"
+row read "read $FILES files back (s)"
+row unlink "unlink $FILES files (s)"
+row seqwrite "sequential write $SEQ_MB MiB, dd bs=1M conv=fsync (s)"
+row seqread "sequential read $SEQ_MB MiB, cold cache (s)"
+row untar "untar RocksDB source ($TAR_FILES entries) (s)"
+row rmrf "rm -rf of that tree (s)"
+row xattr "$XATTRS xattr set + get (s)"
+row randwrite "random 4 KiB write, fio psync (IOPS)"
+row randread "random 4 KiB read, fio psync, cold (IOPS)"

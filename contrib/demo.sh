@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what lunafs needs, builds it, and mounts a demo store.
+#   contrib/demo.sh [STORE [MOUNTPOINT]]   (defaults: /var/lib/lunafs/demo, /mnt/lunafs-demo)
+# Unmount with: target/release/lunafs umount MOUNTPOINT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STORE=${1:-/var/lib/lunafs/demo}
+MNT=${2:-/mnt/lunafs-demo}
+contrib/install-deps.sh
+cargo build --release --locked
+BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
+mkdir -p "$MNT"
+if mountpoint -q "$MNT"; then
+  echo "$MNT is already mounted; unmount it with: $BIN umount $MNT" >&2
+  exit 1
+fi
+"$BIN" mount "$STORE" "$MNT" -o allow_other
+[ -d "$MNT/demo" ] || mkdir "$MNT/demo"
+echo "hello from lunafs" > "$MNT/demo/hello.txt"
+setfattr -n user.greeting -v hello "$MNT/demo/hello.txt"
+echo "lunafs is mounted at $MNT (store: $STORE, log: $STORE/lunafs.log)"
+echo "try:  ls -l $MNT/demo; getfattr -d $MNT/demo/hello.txt; cat $MNT/.lunafs/version"
+echo "stop: $BIN umount $MNT"

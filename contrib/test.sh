@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs every test of lunafs: unit, core (no kernel), real FUSE mounts and CLI.
+# FUSE tests are required: they fail (not skip) when /dev/fuse or fusermount3 is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+contrib/install-deps.sh
+[ -e /dev/fuse ] || { echo "/dev/fuse is missing: FUSE tests cannot run" >&2; exit 1; }
+cargo build --tests --locked
+cargo test --locked -- --test-threads="${LUNAFS_TEST_THREADS:-4}"

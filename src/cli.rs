@@ -1,0 +1,287 @@
+//! The `lunafs` command line: parses raw arguments with clap, builds validated configuration,
+//! and runs the command. Messages name the path or option at fault; every failure exits
+//! non-zero (2 for usage errors, 1 otherwise).
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::MountConfig;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::store::LOG_FILE;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lunafs",
+    version,
+    about = "A FUSE filesystem on RocksDB: buckets, objects and their omap"
+)]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Mount the store at STORE (created on first mount) on MOUNTPOINT.
+    Mount {
+        /// Directory holding the store's RocksDB.
+        store: PathBuf,
+        /// Existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Mount options, comma-separated (see README: allow_other, ro, attr_timeout=S, ...).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+        /// Stay in the foreground and log to stderr (systemd, debugging). Without it, lunafs
+        /// returns once the mount answers and logs to STORE/lunafs.log.
+        #[arg(short = 'f', long)]
+        foreground: bool,
+    },
+    /// Unmount MOUNTPOINT and wait until its lunafs has flushed and released the store.
+    Umount { mountpoint: PathBuf },
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Mount {
+            store,
+            mountpoint,
+            options,
+            foreground,
+        } => {
+            let mut config = MountConfig::new(absolute(&store)?, absolute(&mountpoint)?);
+            config.apply_options(&options)?;
+            check_mountpoint(&config.mountpoint)?;
+            if foreground {
+                crate::telemetry::init(cli.log_level.as_deref())?;
+                mount_foreground(&config)
+            } else {
+                mount_background(&config, &options, cli.log_level.as_deref())
+            }
+        }
+        Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| Error::io(format!("{}", p.display()), e))
+}
+
+fn check_mountpoint(mp: &Path) -> Result<()> {
+    let meta =
+        fs::metadata(mp).map_err(|e| Error::io(format!("mountpoint {}", mp.display()), e))?;
+    if !meta.is_dir() {
+        return Err(Error::Usage(format!(
+            "mountpoint {} is not a directory",
+            mp.display()
+        )));
+    }
+    if is_mount_point(mp)? {
+        return Err(Error::Usage(format!(
+            "mountpoint {} is busy: something is already mounted there",
+            mp.display()
+        )));
+    }
+    Ok(())
+}
+
+/// True when `mp` is on another device than its parent directory.
+fn is_mount_point(mp: &Path) -> Result<bool> {
+    let dev = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(|e| Error::io(format!("{}", p.display()), e))
+    };
+    let parent = mp.parent().unwrap_or(Path::new("/"));
+    Ok(mp != Path::new("/") && dev(mp)? != dev(parent)?)
+}
+
+fn mount_foreground(config: &MountConfig) -> Result<()> {
+    // SAFETY: getuid/getgid cannot fail.
+    let owner = unsafe { (libc::getuid(), libc::getgid()) };
+    let core = Arc::new(Core::open(&config.store, owner)?);
+    crate::fs::serve(core, config)
+}
+
+/// Starts `lunafs mount --foreground` as a detached child logging to STORE/lunafs.log, and
+/// returns once the mount answers, or with the child's own error message if it exits first.
+fn mount_background(config: &MountConfig, options: &[String], level: Option<&str>) -> Result<()> {
+    let store = &config.store;
+    if !store.exists() {
+        fs::create_dir_all(store)
+            .map_err(|e| Error::io(format!("creating store {}", store.display()), e))?;
+    }
+    let log_path = store.join(LOG_FILE);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(format!("opening log {}", log_path.display()), e))?;
+    let start = log.seek(SeekFrom::End(0)).unwrap_or(0);
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the lunafs binary", e))?;
+    let mut cmd = Command::new(exe);
+    if let Some(level) = level {
+        cmd.args(["--log-level", level]);
+    }
+    cmd.arg("mount")
+        .arg(store)
+        .arg(&config.mountpoint)
+        .arg("--foreground");
+    for o in options {
+        cmd.arg("-o").arg(o);
+    }
+    let err_log = log.try_clone().map_err(|e| Error::io("log file", e))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(err_log.try_clone().map_err(|e| Error::io("log file", e))?)
+        .stderr(err_log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting the lunafs daemon", e))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| Error::io("waiting for the daemon", e))?
+        {
+            let mut text = String::new();
+            let _ = fs::File::open(&log_path).and_then(|mut f| {
+                f.seek(SeekFrom::Start(start))?;
+                f.read_to_string(&mut text)
+            });
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(Error::Usage(format!(
+                "the lunafs daemon exited ({status}) before mounting: {last}"
+            )));
+        }
+        if is_mount_point(&config.mountpoint)? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Usage(format!(
+                "the mount at {} did not answer within 60 s (pid {}, log {})",
+                config.mountpoint.display(),
+                child.id(),
+                log_path.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The store behind a lunafs mount, from /proc/self/mountinfo.
+fn mounted_store(mp: &Path) -> Result<Option<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Error::io("reading /proc/self/mountinfo", e))?;
+    let want = mp.to_string_lossy();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype), Some(source)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 2))
+        else {
+            continue;
+        };
+        if unescape(point) == want && *fstype == "fuse.lunafs" {
+            return Ok(source
+                .strip_prefix("lunafs:")
+                .map(|s| PathBuf::from(unescape(s))));
+        }
+    }
+    Ok(None)
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn umount(mp: &Path) -> Result<()> {
+    let store = mounted_store(mp)?
+        .ok_or_else(|| Error::Usage(format!("{} is not a lunafs mount", mp.display())))?;
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mp)
+        .output()
+        .map_err(|e| Error::io("running fusermount3 (is the fuse3 package installed?)", e))?;
+    if !out.status.success() {
+        return Err(Error::Usage(format!(
+            "unmounting {}: {}",
+            mp.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // The daemon flushes the store after the kernel lets go; wait for its RocksDB lock so
+    // that a remount right after this command finds the store free.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store_locked(&store) {
+        if Instant::now() > deadline {
+            return Err(Error::StoreLocked(store));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Whether some process holds RocksDB's lock on the store (an fcntl write lock on LOCK).
+pub fn store_locked(store: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(store.join("LOCK"))
+    else {
+        return false;
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: flock is plain data; F_GETLK only reads and writes it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: fd is open for the duration of the call, fl is a valid flock.
+    let rc = unsafe { libc::fcntl(fd, libc::F_GETLK, &mut fl) };
+    rc == 0 && fl.l_type != libc::F_UNLCK as i16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/mnt/my\040photos"), "/mnt/my photos");
+        assert_eq!(unescape(r"/plain"), "/plain");
+        assert_eq!(unescape(r"/trailing\04"), r"/trailing\04");
+    }
+}

@@ -1,0 +1,254 @@
+//! `core`: the filesystem's semantics on top of the store. Buckets, directories, objects,
+//! their data and xattrs (the omap), and the rules a POSIX caller expects of them.
+//!
+//! Every mutating operation locks the inodes it rewrites, reads them into a `Txn`, changes
+//! them there, and commits one `Batch`. `core` knows no FUSE types (the adapter in `fs`
+//! converts) and is tested on a temp-dir store without a kernel.
+
+pub mod dir;
+pub mod locks;
+pub mod names;
+pub mod object;
+pub mod omap;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::store::codec::{Inode, Kind, Timestamp};
+use crate::store::keys::Ino;
+use crate::store::{Batch, Store};
+use locks::Locks;
+
+pub use names::Name;
+
+/// The mount root, whose entries are the buckets.
+pub const ROOT: Ino = 1;
+
+/// Inode numbers at or above this are never allocated from the store; the FUSE adapter uses
+/// them for the virtual `/.lunafs` tree.
+pub const FIRST_VIRTUAL_INO: Ino = 1 << 62;
+
+/// Who is asking: the caller's credentials, for ownership of what it creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+/// Capacity numbers for statfs.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+pub struct Core {
+    store: Store,
+    locks: Locks,
+    next_ino: AtomicU64,
+    /// Open count per file inode: an inode whose last name is removed while open lives on
+    /// (as an orphan) until its count drops to zero.
+    open_files: Mutex<HashMap<Ino, u32>>,
+}
+
+impl Core {
+    /// Opens (or creates) the store at `path`. A new store's root belongs to `owner`.
+    pub fn open(path: &Path, owner: (u32, u32)) -> Result<Core> {
+        let store = Store::open(path)?;
+        if store.inode(ROOT)?.is_none() {
+            let now = Timestamp::now();
+            let mut batch = store.batch();
+            batch.put_inode(&Inode {
+                ino: ROOT,
+                kind: Kind::Dir,
+                perm: 0o755,
+                uid: owner.0,
+                gid: owner.1,
+                nlink: 2,
+                size: 0,
+                atime: now,
+                mtime: now,
+                ctime: now,
+                crtime: now,
+                rdev: 0,
+                parent: ROOT,
+                bucket: 0,
+                target: Vec::new(),
+            });
+            batch.commit()?;
+        }
+        // Files unlinked while open when lunafs last stopped: nobody can open them again.
+        let orphans = store.orphans()?;
+        if !orphans.is_empty() {
+            let mut batch = store.batch();
+            for &ino in &orphans {
+                batch.purge_inode(ino);
+            }
+            batch.commit()?;
+            tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
+        }
+        let next = store.max_ino()?.max(ROOT) + 1;
+        Ok(Core {
+            store,
+            locks: Locks::new(),
+            next_ino: AtomicU64::new(next),
+            open_files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Inode> {
+        self.store
+            .inode(ino)?
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
+    }
+
+    fn alloc_ino(&self) -> Result<Ino> {
+        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        if ino >= FIRST_VIRTUAL_INO {
+            return Err(Error::Corrupt("inode numbers exhausted".into()));
+        }
+        Ok(ino)
+    }
+
+    fn txn(&self) -> Txn<'_> {
+        Txn {
+            store: &self.store,
+            batch: self.store.batch(),
+            inodes: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// Counts an open of a file; pairs with `close_file`.
+    pub fn open_file(&self, ino: Ino) -> Result<()> {
+        let _held = self.locks.lock(&[ino]);
+        let inode = self.getattr(ino)?;
+        if inode.nlink == 0 {
+            return Err(Error::NotFound(format!("inode {ino}")));
+        }
+        *self.open_files.lock().entry(ino).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Ends an open; the last close of an unlinked file deletes it.
+    pub fn close_file(&self, ino: Ino) -> Result<()> {
+        let _held = self.locks.lock(&[ino]);
+        let still_open = {
+            let mut open = self.open_files.lock();
+            match open.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    true
+                }
+                _ => {
+                    open.remove(&ino);
+                    false
+                }
+            }
+        };
+        if still_open {
+            return Ok(());
+        }
+        if let Some(inode) = self.store.inode(ino)? {
+            if inode.nlink == 0 {
+                let mut batch = self.store.batch();
+                batch.purge_inode(ino);
+                batch.commit()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_open(&self, ino: Ino) -> bool {
+        self.open_files.lock().contains_key(&ino)
+    }
+
+    /// fsync/fdatasync: every change committed so far survives power loss once this returns.
+    pub fn sync(&self) -> Result<()> {
+        self.store.sync()
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let st = nix::sys::statvfs::statvfs(self.store.path())
+            .map_err(|e| Error::io("statfs of the store", e.into()))?;
+        let frsize = st.fragment_size().max(1);
+        let to_4k = |blocks: u64| blocks * frsize / 4096;
+        let used_inodes = self.next_ino.load(Ordering::Relaxed);
+        Ok(StatFs {
+            blocks: to_4k(st.blocks()),
+            bfree: to_4k(st.blocks_free()),
+            bavail: to_4k(st.blocks_available()),
+            files: used_inodes + (1 << 32),
+            ffree: 1 << 32,
+            bsize: 4096,
+            namelen: names::NAME_MAX as u32,
+        })
+    }
+
+    /// Clean shutdown: flush memtables so the next open has no WAL to replay.
+    pub fn shutdown(&self) -> Result<()> {
+        self.store.sync()?;
+        self.store.flush()
+    }
+}
+
+/// The inodes one operation reads and rewrites, and the batch that will carry the change.
+pub(crate) struct Txn<'a> {
+    store: &'a Store,
+    batch: Batch<'a>,
+    inodes: BTreeMap<Ino, Inode>,
+    dirty: BTreeSet<Ino>,
+}
+
+impl<'a> Txn<'a> {
+    /// The inode, loaded once per transaction.
+    fn get(&mut self, ino: Ino) -> Result<&mut Inode> {
+        if !self.inodes.contains_key(&ino) {
+            let inode = self
+                .store
+                .inode(ino)?
+                .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+            self.inodes.insert(ino, inode);
+        }
+        Ok(self.inodes.get_mut(&ino).expect("inserted above"))
+    }
+
+    /// The inode, to be written back at commit.
+    fn modify(&mut self, ino: Ino) -> Result<&mut Inode> {
+        self.dirty.insert(ino);
+        self.get(ino)
+    }
+
+    fn insert(&mut self, inode: Inode) {
+        self.dirty.insert(inode.ino);
+        self.inodes.insert(inode.ino, inode);
+    }
+
+    /// Deletes the inode and all it owns instead of writing it back.
+    fn purge(&mut self, ino: Ino) {
+        self.dirty.remove(&ino);
+        self.inodes.remove(&ino);
+        self.batch.purge_inode(ino);
+    }
+
+    fn commit(mut self) -> Result<()> {
+        for ino in &self.dirty {
+            self.batch.put_inode(&self.inodes[ino]);
+        }
+        self.batch.commit()
+    }
+}

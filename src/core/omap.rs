@@ -1,0 +1,123 @@
+//! Extended attributes. `user.<k>` is the object's omap entry `<k>` (the same map Lua
+//! handlers will read and write); `trusted.*` and `security.*` are stored as plain xattrs
+//! (the kernel enforces who may touch them); `system.*`, including POSIX ACLs, is refused with
+//! EOPNOTSUPP so tools fall back to the mode bits.
+
+use super::Core;
+use crate::error::{Error, Result};
+use crate::store::codec::Timestamp;
+use crate::store::keys::Ino;
+
+/// The kernel's limit for one xattr value.
+pub const XATTR_SIZE_MAX: usize = 65_536;
+
+const USER: &[u8] = b"user.";
+
+/// setxattr's XATTR_CREATE / XATTR_REPLACE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetMode {
+    Upsert,
+    Create,
+    Replace,
+}
+
+enum XName<'a> {
+    Omap(&'a [u8]),
+    Plain(&'a [u8]),
+}
+
+fn parse(name: &[u8]) -> Result<XName<'_>> {
+    let shown = || String::from_utf8_lossy(name).into_owned();
+    if let Some(key) = name.strip_prefix(USER) {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument(shown()));
+        }
+        return Ok(XName::Omap(key));
+    }
+    if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
+        return Ok(XName::Plain(name));
+    }
+    Err(Error::Unsupported(format!("xattr {}", shown())))
+}
+
+impl Core {
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: SetMode) -> Result<()> {
+        let xname = parse(name)?;
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::ValueTooLarge(shown(), value.len()));
+        }
+        let _held = self.locks.lock(&[ino]);
+        let mut inode = self.getattr(ino)?;
+        let exists = self.get_raw(ino, &xname)?.is_some();
+        match (mode, exists) {
+            (SetMode::Create, true) => return Err(Error::Exists(shown())),
+            (SetMode::Replace, false) => return Err(Error::NoAttr(shown())),
+            _ => {}
+        }
+        let mut batch = self.store.batch();
+        match xname {
+            XName::Omap(k) => batch.put_omap(ino, k, value),
+            XName::Plain(n) => batch.put_xattr(ino, n, value),
+        }
+        inode.ctime = Timestamp::now();
+        batch.put_inode(&inode);
+        batch.commit()
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let xname = parse(name)?;
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        let value = self.get_raw(ino, &xname)?.ok_or_else(|| {
+            // An absent attribute of an absent inode is ENOENT, not ENODATA.
+            match self.store.inode(ino) {
+                Ok(Some(_)) => Error::NoAttr(shown()),
+                _ => Error::NotFound(format!("inode {ino}")),
+            }
+        })?;
+        if value.len() > XATTR_SIZE_MAX {
+            return Err(Error::ValueTooLarge(shown(), value.len()));
+        }
+        Ok(value)
+    }
+
+    /// All xattr names of the inode, each followed by a NUL, as listxattr(2) returns them.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.getattr(ino)?;
+        let mut out = Vec::new();
+        for key in self.store.omap_keys(ino)? {
+            out.extend_from_slice(USER);
+            out.extend_from_slice(&key);
+            out.push(0);
+        }
+        for name in self.store.xattr_names(ino)? {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let xname = parse(name)?;
+        let _held = self.locks.lock(&[ino]);
+        let mut inode = self.getattr(ino)?;
+        if self.get_raw(ino, &xname)?.is_none() {
+            return Err(Error::NoAttr(String::from_utf8_lossy(name).into_owned()));
+        }
+        let mut batch = self.store.batch();
+        match xname {
+            XName::Omap(k) => batch.delete_omap(ino, k),
+            XName::Plain(n) => batch.delete_xattr(ino, n),
+        }
+        inode.ctime = Timestamp::now();
+        batch.put_inode(&inode);
+        batch.commit()
+    }
+
+    fn get_raw(&self, ino: Ino, name: &XName<'_>) -> Result<Option<Vec<u8>>> {
+        match name {
+            XName::Omap(k) => self.store.omap_get(ino, k),
+            XName::Plain(n) => self.store.xattr_get(ino, n),
+        }
+    }
+}

@@ -1,0 +1,813 @@
+//! `fs`: the FUSE adapter. Implements `fuser::Filesystem` by converting each request's
+//! arguments once (names into `Name`, flags into core enums), calling `core`, and turning the
+//! result into a reply; errors become errnos only through `Error::errno`. Holds no storage
+//! layout and no policy beyond what the kernel protocol itself requires (handles, readdir
+//! offsets, the virtual `/.lunafs` tree).
+//!
+//! Operations lunafs does not implement are listed in the README with their errno; fuser's
+//! default (ENOSYS) makes the kernel fall back to its generic code for lseek(SEEK_DATA/HOLE),
+//! copy_file_range, POSIX locks (kept local to this kernel), ioctl, poll and bmap.
+
+pub mod attr;
+pub mod control;
+pub mod handles;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, warn};
+
+use crate::config::MountConfig;
+use crate::core::dir::RenameMode;
+use crate::core::object::{SetAttr, TimeSet};
+use crate::core::omap::SetMode;
+use crate::core::{Core, Ctx, Name, ROOT};
+use crate::error::{Error, Result};
+use crate::store::codec::Kind;
+use crate::store::keys::Ino;
+use attr::{file_attr, file_type};
+use control::Control;
+use handles::{Handle, Handles, Listed};
+
+pub struct LunaFs {
+    core: Arc<Core>,
+    handles: Handles,
+    control: Control,
+    /// How long the kernel may cache attributes and entries. Every change reaches the store
+    /// through this one mount, so the kernel's copy can only go stale through our own
+    /// replies, which it updates itself.
+    ttl: Duration,
+    writeback: bool,
+}
+
+fn errno(op: &str, e: &Error) -> Errno {
+    let code = e.errno();
+    if code == libc::EIO {
+        warn!(op, error = %e, "request failed");
+    } else {
+        debug!(op, error = %e, "request refused");
+    }
+    Errno::from_i32(code)
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn name(raw: &OsStr) -> Result<Name> {
+    Name::new(raw.as_bytes())
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(t.into()),
+    }
+}
+
+const GENERATION: Generation = Generation(0);
+
+impl LunaFs {
+    pub fn new(core: Arc<Core>, config: &MountConfig) -> Self {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        LunaFs {
+            core,
+            handles: Handles::new(),
+            control: Control::new(uid, gid),
+            ttl: config.attr_timeout,
+            writeback: config.writeback_cache,
+        }
+    }
+
+    fn attr(&self, ino: Ino) -> Result<fuser::FileAttr> {
+        if Control::owns(ino) {
+            return self.control.attr(ino);
+        }
+        Ok(file_attr(&self.core.getattr(ino)?))
+    }
+
+    fn lookup_attr(&self, parent: Ino, raw: &OsStr) -> Result<fuser::FileAttr> {
+        if Control::owns(parent) {
+            return self.control.lookup(parent, raw.as_bytes());
+        }
+        let name = name(raw)?;
+        if parent == ROOT && name.is_control_dir() {
+            return self.control.attr(control::DIR_INO);
+        }
+        Ok(file_attr(&self.core.lookup(parent, &name)?))
+    }
+
+    /// Refuses any change inside `/.lunafs` (the directory itself included).
+    fn writable(&self, ino: Ino) -> Result<()> {
+        if Control::owns(ino) {
+            return Err(Error::NotPermitted("/.lunafs".into()));
+        }
+        Ok(())
+    }
+
+    fn reply_entry(&self, op: &str, reply: ReplyEntry, r: Result<crate::store::codec::Inode>) {
+        match r {
+            Ok(inode) => reply.entry(&self.ttl, &file_attr(&inode), GENERATION),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
+    fn listing(&self, ino: Ino) -> Result<Vec<Listed>> {
+        let (parent, entries) = if Control::owns(ino) {
+            let entries = self.control.entries(ino)?;
+            let listed: Vec<Listed> = entries
+                .into_iter()
+                .map(|(ino, kind, name)| Listed {
+                    ino,
+                    kind,
+                    name: name.to_vec(),
+                })
+                .collect();
+            (ROOT, listed)
+        } else {
+            let dir = self.core.getattr(ino)?;
+            let listed: Vec<Listed> = self
+                .core
+                .readdir(ino)?
+                .into_iter()
+                .map(|(name, d)| Listed {
+                    ino: d.ino,
+                    kind: file_type(d.kind),
+                    name,
+                })
+                .collect();
+            (dir.parent, listed)
+        };
+        let mut all = Vec::with_capacity(entries.len() + 2);
+        all.push(Listed {
+            ino,
+            kind: fuser::FileType::Directory,
+            name: b".".to_vec(),
+        });
+        all.push(Listed {
+            ino: parent,
+            kind: fuser::FileType::Directory,
+            name: b"..".to_vec(),
+        });
+        all.extend(entries);
+        Ok(all)
+    }
+
+    /// The listing of an open directory handle, taken when reading starts at offset 0.
+    fn dir_listing(&self, fh: FileHandle, offset: u64) -> Result<Arc<Vec<Listed>>> {
+        let handle = self.handles.get(fh.0).ok_or(Error::BadHandle(fh.0))?;
+        let Handle::Dir { ino, listing } = &*handle else {
+            return Err(Error::NotDir(format!("handle {}", fh.0)));
+        };
+        let mut cached = listing.lock();
+        match &*cached {
+            Some(l) if offset != 0 => Ok(l.clone()),
+            _ => {
+                let l = Arc::new(self.listing(*ino)?);
+                *cached = Some(l.clone());
+                Ok(l)
+            }
+        }
+    }
+}
+
+impl fuser::Filesystem for LunaFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Larger requests mean fewer round trips for sequential I/O; 1 MiB is the kernel's
+        // max_pages limit (256 pages).
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        if self.writeback {
+            // The kernel gathers small writes in its page cache and sends them in large
+            // requests; without it every write(2) is one read-modify-write of a chunk.
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        for flag in wanted.iter() {
+            if config.add_capabilities(flag).is_err() {
+                debug!(?flag, "kernel lacks FUSE capability");
+                if flag == InitFlags::FUSE_WRITEBACK_CACHE {
+                    self.writeback = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.core.shutdown() {
+            warn!(error = %e, "flushing the store at unmount failed");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEntry) {
+        match self.lookup_attr(parent.0, raw) {
+            Ok(attr) => reply.entry(&self.ttl, &attr, GENERATION),
+            Err(e) => reply.error(errno("lookup", &e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(e) => reply.error(errno("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        let r = self
+            .writable(ino.0)
+            .and_then(|_| self.core.setattr(ino.0, &change));
+        match r {
+            Ok(inode) => reply.attr(&self.ttl, &file_attr(&inode)),
+            Err(e) => reply.error(errno("setattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("readlink", &e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        raw: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable(parent.0).and_then(|_| {
+            self.core
+                .mknod(ctx(req), parent.0, &name(raw)?, mode & !umask, rdev)
+        });
+        self.reply_entry("mknod", reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        raw: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable(parent.0).and_then(|_| {
+            self.core
+                .mkdir(ctx(req), parent.0, &name(raw)?, mode & !umask)
+        });
+        self.reply_entry("mkdir", reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .writable(parent.0)
+            .and_then(|_| self.core.unlink(parent.0, &name(raw)?));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", &e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        let r = self.writable(parent.0).and_then(|_| {
+            let name = name(raw)?;
+            if parent.0 == ROOT && name.is_control_dir() {
+                return Err(Error::NotPermitted("/.lunafs".into()));
+            }
+            self.core.rmdir(parent.0, &name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", &e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        raw: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = self.writable(parent.0).and_then(|_| {
+            self.core.symlink(
+                ctx(req),
+                parent.0,
+                &name(raw)?,
+                target.as_os_str().as_bytes(),
+            )
+        });
+        self.reply_entry("symlink", reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        raw: &OsStr,
+        newparent: INodeNo,
+        newraw: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            self.writable(parent.0)?;
+            self.writable(newparent.0)?;
+            let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                RenameMode::Exchange
+            } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                RenameMode::NoReplace
+            } else if flags.is_empty() {
+                RenameMode::Replace
+            } else {
+                return Err(Error::InvalidArgument(format!("rename flags {flags:?}")));
+            };
+            let (from, to) = (name(raw)?, name(newraw)?);
+            if parent.0 == ROOT && from.is_control_dir() {
+                return Err(Error::NotPermitted("/.lunafs".into()));
+            }
+            self.core.rename(parent.0, &from, newparent.0, &to, mode)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", &e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newraw: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .writable(ino.0)
+            .and_then(|_| self.writable(newparent.0))
+            .and_then(|_| self.core.link(ino.0, newparent.0, &name(newraw)?));
+        self.reply_entry("link", reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            if Control::owns(ino.0) {
+                if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+                    return Err(Error::NotPermitted("/.lunafs".into()));
+                }
+                self.control.attr(ino.0)?;
+                return Ok(self.handles.insert(Handle::Control { ino: ino.0 }));
+            }
+            let inode = self.core.getattr(ino.0)?;
+            if inode.kind == Kind::Dir {
+                return Err(Error::IsDir(format!("inode {}", ino.0)));
+            }
+            self.core.open_file(ino.0)?;
+            // With the writeback cache the kernel already turns O_APPEND into offsets at its
+            // own (newer) idea of the size; appending again here would misplace data.
+            let append = flags.0 & libc::O_APPEND != 0 && !self.writeback;
+            Ok(self.handles.insert(Handle::File { ino: ino.0, append }))
+        })();
+        match r {
+            // keep_cache: the page cache stays valid across opens, since no one else changes
+            // the store behind this mount.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno("open", &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = if Control::owns(ino.0) {
+            self.control.read(ino.0, offset, size)
+        } else {
+            self.core.read(ino.0, offset, size)
+        };
+        match r {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            self.writable(ino.0)?;
+            // Writeback from the page cache may come on any handle of the inode (or one that
+            // was already released), so the handle only decides append mode.
+            let append = matches!(
+                self.handles.get(fh.0).as_deref(),
+                Some(Handle::File { append: true, .. })
+            );
+            self.core.write(ino.0, offset, data, append)
+        })();
+        match r {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno("write", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every write is committed to the store (its WAL, in the kernel's page cache) before
+        // it is acknowledged, and the kernel writes back dirty pages before sending FLUSH, so
+        // when close() returns the data survives kill -9 of lunafs.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = match self.handles.remove(fh.0).as_deref() {
+            Some(Handle::File { ino, .. }) => self.core.close_file(*ino),
+            Some(_) => Ok(()),
+            None => Err(Error::BadHandle(fh.0)),
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("release", &e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        match self.core.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", &e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let r = (|| {
+            if !Control::owns(ino.0) && self.core.getattr(ino.0)?.kind != Kind::Dir {
+                return Err(Error::NotDir(format!("inode {}", ino.0)));
+            }
+            Ok(self.handles.insert(Handle::Dir {
+                ino: ino.0,
+                listing: Default::default(),
+            }))
+        })();
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", &e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.dir_listing(fh, offset) {
+            Ok(listing) => {
+                for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+                    if reply.add(
+                        INodeNo(e.ino),
+                        i as u64 + 1,
+                        e.kind,
+                        OsStr::from_bytes(&e.name),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdir", &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.dir_listing(fh, offset) {
+            Ok(listing) => {
+                for (i, e) in listing.iter().enumerate().skip(offset as usize) {
+                    let attr = match self.attr(e.ino) {
+                        Ok(a) => a,
+                        Err(_) => continue, // removed since the listing was taken
+                    };
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(
+                        INodeNo(e.ino),
+                        i as u64 + 1,
+                        name,
+                        &self.ttl,
+                        &attr,
+                        GENERATION,
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdirplus", &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.remove(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ds: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.sync() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsyncdir", &e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.core.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+            ),
+            Err(e) => reply.error(errno("statfs", &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        raw: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags & libc::XATTR_CREATE != 0 {
+            SetMode::Create
+        } else if flags & libc::XATTR_REPLACE != 0 {
+            SetMode::Replace
+        } else {
+            SetMode::Upsert
+        };
+        let r = self
+            .writable(ino.0)
+            .and_then(|_| self.core.setxattr(ino.0, raw.as_bytes(), value, mode));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", &e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = if Control::owns(ino.0) {
+            Err(Error::NoAttr(raw.to_string_lossy().into_owned()))
+        } else {
+            self.core.getxattr(ino.0, raw.as_bytes())
+        };
+        reply_xattr("getxattr", reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = if Control::owns(ino.0) {
+            Ok(Vec::new())
+        } else {
+            self.core.listxattr(ino.0)
+        };
+        reply_xattr("listxattr", reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        let r = self
+            .writable(ino.0)
+            .and_then(|_| self.core.removexattr(ino.0, raw.as_bytes()));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", &e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel decides access(2) itself; this answers only
+        // if a kernel asks anyway, by the same mode-bit rules.
+        match self.attr(ino.0) {
+            Ok(attr) => {
+                if permits(&attr, req.uid(), req.gid(), mask) {
+                    reply.ok()
+                } else {
+                    reply.error(Errno::EACCES)
+                }
+            }
+            Err(e) => reply.error(errno("access", &e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        raw: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            self.writable(parent.0)?;
+            let inode = self
+                .core
+                .create(ctx(req), parent.0, &name(raw)?, mode & !umask)?;
+            self.core.open_file(inode.ino)?;
+            let append = flags & libc::O_APPEND != 0 && !self.writeback;
+            let fh = self.handles.insert(Handle::File {
+                ino: inode.ino,
+                append,
+            });
+            Ok((inode, fh))
+        })();
+        match r {
+            Ok((inode, fh)) => reply.created(
+                &self.ttl,
+                &file_attr(&inode),
+                GENERATION,
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errno("create", &e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = if mode != 0 {
+            // Punching holes and collapsing ranges are not supported (yet).
+            Err(Error::Unsupported(format!("fallocate mode {mode:#x}")))
+        } else {
+            self.core.allocate(ino.0, offset.saturating_add(length))
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", &e)),
+        }
+    }
+}
+
+fn reply_xattr(op: &str, reply: ReplyXattr, size: u32, r: Result<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(errno(op, &Error::BufferTooSmall(v.len()))),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(errno(op, &e)),
+    }
+}
+
+fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> bool {
+    let want = mask.bits() as u16 & 0o7;
+    if want == 0 {
+        return true;
+    }
+    let perm = attr.perm;
+    if uid == 0 {
+        // root may read and write anything, and execute what anyone may execute.
+        return want & 0o1 == 0 || perm & 0o111 != 0 || attr.kind == fuser::FileType::Directory;
+    }
+    let bits = if uid == attr.uid {
+        perm >> 6
+    } else if gid == attr.gid {
+        perm >> 3
+    } else {
+        perm
+    } & 0o7;
+    bits & want == want
+}
+
+/// Mounts the store of `config` and serves requests until unmounted (by `fusermount3 -u`,
+/// `lunafs umount` or a SIGTERM/SIGINT/SIGHUP to this process). Calls `ready` once mounted.
+pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
+    let fs = LunaFs::new(core.clone(), config);
+    let fuse_config = config.fuser_config();
+    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
+        .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
+    let mut unmounter = session.unmount_callable();
+    crate::telemetry::on_termination(move || {
+        if let Err(e) = unmounter.unmount() {
+            warn!(error = %e, "unmount on signal failed");
+        }
+    })?;
+    tracing::info!(
+        store = %core.store().path().display(),
+        mountpoint = %config.mountpoint.display(),
+        "mounted"
+    );
+    session
+        .run()
+        .map_err(|e| Error::io("serving FUSE requests", e))?;
+    // destroy() flushed the store if the kernel said goodbye; flush again for the case where
+    // the session ended without it (the device was closed under us).
+    core.shutdown()?;
+    tracing::info!("unmounted");
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Open file and directory handles: what a `fh` number means between open and release.
+//! A directory handle keeps the listing taken at the first readdir so that offsets stay
+//! stable while the directory changes underneath (POSIX allows entries added or removed
+//! after opendir to be missed, never to be listed twice).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use fuser::FileType;
+use parking_lot::Mutex;
+
+use crate::store::keys::Ino;
+
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub ino: Ino,
+    pub kind: FileType,
+    pub name: Vec<u8>,
+}
+
+pub enum Handle {
+    /// A regular file in the store. `append`: writes go to the end of the file.
+    File { ino: Ino, append: bool },
+    /// A directory, with its listing once read.
+    Dir {
+        ino: Ino,
+        listing: Mutex<Option<Arc<Vec<Listed>>>>,
+    },
+    /// A file of the virtual `/.lunafs` tree.
+    Control { ino: Ino },
+}
+
+pub struct Handles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Handle>>>,
+}
+
+impl Handles {
+    pub fn new() -> Self {
+        Handles {
+            next: AtomicU64::new(1),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.open.lock().get(&fh).cloned()
+    }
+
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.open.lock().remove(&fh)
+    }
+}

@@ -1,0 +1,13 @@
+//! lunafs: a FUSE filesystem on one embedded RocksDB, with buckets, objects and an omap per
+//! object. Layers (see STYLE): `fs` (FUSE adapter) and `cli` call `core` (semantics), which
+//! calls `store` (RocksDB layout). Nothing reaches around a layer.
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod fs;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{Error, Result};

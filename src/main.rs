@@ -1,0 +1,20 @@
+//! The `lunafs` binary: blocks termination signals (so only the signal thread sees them),
+//! parses the command line and reports errors as one line on stderr.
+
+use clap::Parser;
+
+fn main() {
+    if let Err(e) = lunafs::telemetry::block_termination_signals() {
+        eprintln!("lunafs: {e}");
+        std::process::exit(1);
+    }
+    let cli = lunafs::cli::Cli::parse();
+    if let Err(e) = lunafs::cli::run(cli) {
+        eprintln!("lunafs: {e}");
+        let code = match e {
+            lunafs::Error::Usage(_) => 2,
+            _ => 1,
+        };
+        std::process::exit(code);
+    }
+}

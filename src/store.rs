@@ -1,0 +1,315 @@
+//! The store: one RocksDB per STORE directory, opened with the column families of `schema`,
+//! read through typed getters here and written only through a `Batch` (one per mutating
+//! operation, one commit).
+//!
+//! Knows bytes and records, not filesystem semantics: it never decides whether an operation is
+//! allowed, it only reads and writes what `core` asks for.
+
+pub mod batch;
+pub mod codec;
+pub mod keys;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
+};
+
+pub use batch::Batch;
+use codec::{decode_blob, Dentry, Inode};
+use keys::Ino;
+use schema::{Cf, SCHEMA_VERSION};
+
+use crate::error::{Error, Result};
+
+/// The daemon's log when mounted in the background; the only file a fresh store directory
+/// may already hold.
+pub const LOG_FILE: &str = "lunafs.log";
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it if the directory is missing or empty. Refuses a
+    /// directory that holds something else, and a store that another process has open.
+    pub fn open(path: &Path) -> Result<Store> {
+        let fresh = is_missing_or_empty(path)?;
+        if !fresh && !path.join("CURRENT").exists() {
+            return Err(Error::NotAStore {
+                path: path.to_owned(),
+                why: "the directory is not empty and holds no RocksDB database".into(),
+            });
+        }
+        let cache = rocksdb::Cache::new_lru_cache(256 << 20);
+        let mut opts = Options::default();
+        opts.create_if_missing(fresh);
+        opts.create_missing_column_families(fresh);
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        // Writes go to the WAL file with write(2) on every commit (no manual WAL flush), so a
+        // committed batch is in the kernel's page cache and survives kill -9 of lunafs; fsync
+        // syncs the WAL for power loss (see `sync`).
+        opts.set_manual_wal_flush(false);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options(&cache)));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_error(path, e))?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
+        store.check_schema(fresh)?;
+        Ok(store)
+    }
+
+    fn check_schema(&self, fresh: bool) -> Result<()> {
+        if fresh {
+            self.db.put_cf(
+                self.cf(Cf::Meta),
+                keys::META_SCHEMA,
+                SCHEMA_VERSION.to_be_bytes(),
+            )?;
+            self.db.flush_wal(true)?;
+            return Ok(());
+        }
+        let not_ours = |why: String| Error::NotAStore {
+            path: self.path.clone(),
+            why,
+        };
+        match self.db.get_cf(self.cf(Cf::Meta), keys::META_SCHEMA)? {
+            None => Err(not_ours("no lunafs schema record".into())),
+            Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => Ok(()),
+            Some(v) => Err(not_ours(format!(
+                "schema version {v:?} is not the supported {SCHEMA_VERSION}"
+            ))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("every column family of schema::Cf is opened by Store::open")
+    }
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self)
+    }
+
+    pub fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(Cf::Inodes), keys::inode(ino))?
+        {
+            Some(v) => Ok(Some(Inode::decode(ino, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn dentry(&self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(Cf::Dentries), keys::named(parent, name))?
+        {
+            Some(v) => Ok(Some(Dentry::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every entry of a directory, in name order.
+    pub fn dentries(&self, parent: Ino) -> Result<Vec<(Vec<u8>, Dentry)>> {
+        let mut out = Vec::new();
+        self.scan_named(Cf::Dentries, parent, |name, v| {
+            out.push((name.to_vec(), Dentry::decode(v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    pub fn has_dentries(&self, parent: Ino) -> Result<bool> {
+        let mut any = false;
+        self.scan_named(Cf::Dentries, parent, |_, _| {
+            any = true;
+            Ok(false)
+        })?;
+        Ok(any)
+    }
+
+    /// Calls `f(name, value)` for each key of `owner` in `cf`, in order, while it returns true.
+    fn scan_named(
+        &self,
+        cf: Cf,
+        owner: Ino,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let (lo, hi) = keys::named_range(owner);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(hi);
+        let iter =
+            self.db
+                .iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&lo, Direction::Forward));
+        for item in iter {
+            let (k, v) = item?;
+            let (_, name) = keys::decode_named(&k)
+                .ok_or_else(|| Error::Corrupt(format!("short key in {}", cf.name())))?;
+            if !f(name, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored bytes of chunks `first..=last` of `ino` (None for a hole).
+    pub fn chunks(&self, ino: Ino, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(Cf::Chunks);
+        let keys: Vec<[u8; 16]> = (first..=last).map(|i| keys::chunk(ino, i)).collect();
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .map(|r| match r? {
+                Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    pub fn omap_get(&self, ino: Ino, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.blob(Cf::Omap, ino, key)
+    }
+
+    pub fn xattr_get(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.blob(Cf::Xattrs, ino, name)
+    }
+
+    fn blob(&self, cf: Cf, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.db.get_pinned_cf(self.cf(cf), keys::named(ino, name))? {
+            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// The omap keys of `ino`, in order.
+    pub fn omap_keys(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.names(Cf::Omap, ino)
+    }
+
+    /// The non-`user.` xattr names of `ino`, in order.
+    pub fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        self.names(Cf::Xattrs, ino)
+    }
+
+    fn names(&self, cf: Cf, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        self.scan_named(cf, ino, |name, _| {
+            out.push(name.to_vec());
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Inodes unlinked while open when the store was last used.
+    pub fn orphans(&self) -> Result<Vec<Ino>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Orphans), IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            out.push(keys::decode_inode(&k).ok_or_else(|| Error::Corrupt("orphan key".into()))?);
+        }
+        Ok(out)
+    }
+
+    /// The highest inode number in use (0 for an empty store).
+    pub fn max_ino(&self) -> Result<Ino> {
+        match self
+            .db
+            .iterator_cf(self.cf(Cf::Inodes), IteratorMode::End)
+            .next()
+        {
+            Some(item) => {
+                let (k, _) = item?;
+                keys::decode_inode(&k).ok_or_else(|| Error::Corrupt("inode key".into()))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Makes every committed batch durable against power loss (fsync of the WAL).
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    /// Flushes memtables to SST files so the next open replays no WAL (clean shutdown).
+    pub fn flush(&self) -> Result<()> {
+        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
+    }
+
+    /// Approximate bytes of live data in the store (SST + blob files + memtables).
+    pub fn approximate_size(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .map(|&cf| {
+                [
+                    "rocksdb.total-sst-files-size",
+                    "rocksdb.total-blob-file-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ]
+                .iter()
+                .filter_map(|p| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), *p)
+                        .ok()
+                        .flatten()
+                })
+                .sum::<u64>()
+            })
+            .sum()
+    }
+
+    pub(crate) fn write(&self, wb: rocksdb::WriteBatch) -> Result<()> {
+        Ok(self.db.write(wb)?)
+    }
+}
+
+fn is_missing_or_empty(path: &Path) -> Result<bool> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => Ok(entries
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name() == LOG_FILE)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::io(format!("creating store {}", path.display()), e))?;
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::NotAStore {
+            path: path.to_owned(),
+            why: "it is not a directory".into(),
+        }),
+        Err(e) => Err(Error::io(format!("reading store {}", path.display()), e)),
+    }
+}
+
+fn open_error(path: &Path, e: rocksdb::Error) -> Error {
+    let msg = e.to_string();
+    if msg.contains("LOCK") || msg.contains("lock") {
+        Error::StoreLocked(path.to_owned())
+    } else if msg.contains("Column famil") || msg.contains("column famil") {
+        Error::NotAStore {
+            path: path.to_owned(),
+            why: format!("its RocksDB has other column families ({msg})"),
+        }
+    } else {
+        Error::Store(e)
+    }
+}

@@ -1,0 +1,110 @@
+//! `Batch`: the one way to change the store. A mutating operation builds one batch and commits
+//! it once, so it either happens whole or not at all (and, later, its events ride in the same
+//! batch).
+
+use rocksdb::WriteBatch;
+
+use super::codec::{encode_blob, Dentry, Inode};
+use super::keys::{self, Ino};
+use super::schema::Cf;
+use super::Store;
+use crate::error::Result;
+
+pub struct Batch<'a> {
+    store: &'a Store,
+    wb: WriteBatch,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(store: &'a Store) -> Self {
+        Batch {
+            store,
+            wb: WriteBatch::default(),
+        }
+    }
+
+    pub fn put_inode(&mut self, inode: &Inode) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Inodes),
+            keys::inode(inode.ino),
+            inode.encode(),
+        );
+    }
+
+    pub fn put_dentry(&mut self, parent: Ino, name: &[u8], d: Dentry) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Dentries),
+            keys::named(parent, name),
+            d.encode(),
+        );
+    }
+
+    pub fn delete_dentry(&mut self, parent: Ino, name: &[u8]) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Dentries), keys::named(parent, name));
+    }
+
+    pub fn put_chunk(&mut self, ino: Ino, index: u64, data: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Chunks),
+            keys::chunk(ino, index),
+            encode_blob(data),
+        );
+    }
+
+    /// Deletes chunks `first..` of `ino`.
+    pub fn delete_chunks_from(&mut self, ino: Ino, first: u64) {
+        self.wb.delete_range_cf(
+            self.store.cf(Cf::Chunks),
+            keys::chunk(ino, first),
+            keys::chunk(ino + 1, 0),
+        );
+    }
+
+    pub fn put_omap(&mut self, ino: Ino, key: &[u8], value: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Omap),
+            keys::named(ino, key),
+            encode_blob(value),
+        );
+    }
+
+    pub fn delete_omap(&mut self, ino: Ino, key: &[u8]) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Omap), keys::named(ino, key));
+    }
+
+    pub fn put_xattr(&mut self, ino: Ino, name: &[u8], value: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Xattrs),
+            keys::named(ino, name),
+            encode_blob(value),
+        );
+    }
+
+    pub fn delete_xattr(&mut self, ino: Ino, name: &[u8]) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Xattrs), keys::named(ino, name));
+    }
+
+    /// Records that `ino` has no names left but is still open.
+    pub fn put_orphan(&mut self, ino: Ino) {
+        self.wb
+            .put_cf(self.store.cf(Cf::Orphans), keys::inode(ino), []);
+    }
+
+    /// Deletes an inode and everything it owns: data, omap, xattrs, orphan record.
+    pub fn purge_inode(&mut self, ino: Ino) {
+        let s = self.store;
+        self.wb.delete_cf(s.cf(Cf::Inodes), keys::inode(ino));
+        self.wb.delete_cf(s.cf(Cf::Orphans), keys::inode(ino));
+        self.delete_chunks_from(ino, 0);
+        let (lo, hi) = keys::named_range(ino);
+        self.wb.delete_range_cf(s.cf(Cf::Omap), lo, hi);
+        self.wb.delete_range_cf(s.cf(Cf::Xattrs), lo, hi);
+    }
+
+    pub fn commit(self) -> Result<()> {
+        self.store.write(self.wb)
+    }
+}

@@ -1,0 +1,88 @@
+//! The column families of a lunafs store and their RocksDB options, declared once.
+//!
+//! Every key layout lives in `keys.rs` and every value layout in `codec.rs`; this file only
+//! names the families and tunes each for what it holds. Nothing outside `store` opens a family
+//! by name.
+
+use rocksdb::{BlockBasedOptions, Cache, Options};
+
+/// Format version of the store as a whole, written to `meta` on creation.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Size of one data chunk. 64 KiB: big enough that a 1 MiB sequential FUSE write is 16 puts
+/// with no read-modify-write and that RocksDB sees few keys per GiB, small enough that a 4 KiB
+/// random write rewrites 64 KiB, not megabytes. Small files store one short chunk of exactly
+/// their length, so there is no padding cost. (Measured in benches/, see README.)
+pub const CHUNK_SIZE: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    /// Store-wide records: schema version, creation info.
+    Meta,
+    /// Inode number -> inode record.
+    Inodes,
+    /// (parent inode, name) -> child inode and kind.
+    Dentries,
+    /// (inode, chunk index) -> file bytes.
+    Chunks,
+    /// (inode, key) -> omap value; the `user.*` xattrs.
+    Omap,
+    /// (inode, full name) -> value; the other xattr namespaces.
+    Xattrs,
+    /// Inode number -> (): unlinked inodes still open, purged on last close or next mount.
+    Orphans,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 7] = [
+        Cf::Meta,
+        Cf::Inodes,
+        Cf::Dentries,
+        Cf::Chunks,
+        Cf::Omap,
+        Cf::Xattrs,
+        Cf::Orphans,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Inodes => "inodes",
+            Cf::Dentries => "dentries",
+            Cf::Chunks => "chunks",
+            Cf::Omap => "omap",
+            Cf::Xattrs => "xattrs",
+            Cf::Orphans => "orphans",
+        }
+    }
+
+    pub fn options(self, cache: &Cache) -> Options {
+        let mut opts = Options::default();
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(cache);
+        match self {
+            Cf::Chunks => {
+                // File data: large values. Blob files keep them out of the LSM tree so that
+                // compaction moves 16-byte keys and blob references, not the data itself.
+                opts.set_enable_blob_files(true);
+                opts.set_min_blob_size(4096);
+                opts.set_enable_blob_gc(true);
+                opts.set_write_buffer_size(128 << 20);
+                opts.set_compression_type(rocksdb::DBCompressionType::None);
+            }
+            Cf::Inodes | Cf::Dentries => {
+                // Metadata: small, hot, looked up by exact key (inodes) or short prefix scans
+                // (readdir). Bloom filters make a miss (ENOENT on lookup) one memory probe.
+                table.set_bloom_filter(10.0, false);
+                table.set_cache_index_and_filter_blocks(true);
+                opts.set_write_buffer_size(32 << 20);
+                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            Cf::Meta | Cf::Omap | Cf::Xattrs | Cf::Orphans => {
+                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+        }
+        opts.set_block_based_table_factory(&table);
+        opts
+    }
+}

@@ -1,0 +1,236 @@
+//! Test helpers: `TestFs` mounts a real lunafs (the built binary, in the foreground) on a
+//! temp dir and unmounts it on drop; `errno_of` and `run_as` check what callers see.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LUNAFS: &str = env!("CARGO_BIN_EXE_lunafs");
+
+pub struct TestFs {
+    dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub mnt: PathBuf,
+    options: String,
+    child: Option<Child>,
+}
+
+impl TestFs {
+    /// A fresh store mounted with `allow_other` (so tests can act as other users).
+    pub fn mount() -> TestFs {
+        TestFs::with_options("allow_other")
+    }
+
+    pub fn with_options(options: &str) -> TestFs {
+        let dir = tempfile::Builder::new()
+            .prefix("lunafs-test")
+            .tempdir()
+            .unwrap();
+        // Other users must be able to walk to the mountpoint for permission tests.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let store = dir.path().join("store");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let mut t = TestFs {
+            dir,
+            store,
+            mnt,
+            options: options.to_string(),
+            child: None,
+        };
+        t.start();
+        t
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("lunafs.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(LUNAFS)
+            .arg("mount")
+            .arg(&self.store)
+            .arg(&self.mnt)
+            .arg("--foreground")
+            .args(["-o", &self.options])
+            .env("RUST_LOG", "lunafs=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start lunafs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("lunafs exited ({status}) before mounting:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount timed out:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Path of `rel` inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Creates a bucket and returns its path.
+    pub fn bucket(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        fs::create_dir(&p).unwrap();
+        p
+    }
+
+    /// Clean unmount; waits for the daemon to exit and asserts it exited successfully.
+    pub fn unmount(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fusermount3 -u: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status = wait_timeout(&mut child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("lunafs did not exit after unmount:\n{}", self.log()));
+        assert!(
+            status.success(),
+            "lunafs exited with {status}:\n{}",
+            self.log()
+        );
+    }
+
+    /// kill -9 of the daemon, then a lazy unmount of the dead mount.
+    pub fn kill9(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .output();
+    }
+
+    pub fn remount(&mut self) {
+        self.unmount();
+        self.start();
+    }
+
+    /// Mounts again after `kill9`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill9 or unmount");
+        self.start();
+    }
+}
+
+impl Drop for TestFs {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .output();
+            if wait_timeout(&mut child, Duration::from_secs(30)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = Command::new("fusermount3")
+                    .arg("-uz")
+                    .arg(&self.mnt)
+                    .output();
+            }
+        }
+    }
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    match (fs::metadata(mnt), fs::metadata(mnt.parent().unwrap())) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// The errno of a failed call; panics if the call succeeded.
+pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got Ok({v:?})"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("no errno in {e}")),
+    }
+}
+
+/// Runs a command as another user (uid = gid = `id`).
+pub fn run_as(id: u32, args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .uid(id)
+        .gid(id)
+        .output()
+        .unwrap()
+}
+
+/// Runs a shell command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl TestFs {
+    /// Waits for the daemon after the mount was detached from outside (lazy unmount).
+    pub fn unmount_after_detach(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = wait_timeout(&mut child, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("lunafs did not exit after detach:\n{}", self.log()));
+        assert!(
+            status.success(),
+            "lunafs exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
