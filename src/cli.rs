@@ -199,7 +199,9 @@ fn mounted_store(mp: &Path) -> Result<Option<PathBuf>> {
         else {
             continue;
         };
-        if unescape(point) == want && *fstype == "fuse.lunafs" {
+        // fuser mounts as plain "fuse" when root mounts directly, "fuse.lunafs" through
+        // fusermount3; the source names the store either way.
+        if unescape(point) == want && fstype.starts_with("fuse") && source.starts_with("lunafs:") {
             return Ok(source
                 .strip_prefix("lunafs:")
                 .map(|s| PathBuf::from(unescape(s))));
