@@ -4,6 +4,7 @@
 # lunafs/bindfs ratio (< 1.00 means lunafs is faster for times; > 1.00 better for IOPS).
 #
 #   benches/run.sh [--quick]      (--quick: 2,000 files and a 256 MiB sequential file)
+#   LUNAFS_OPTS=no_writeback_cache benches/run.sh     (mount options for lunafs, to compare)
 #
 # Needs root (tmpfs mount, drop_caches), fuse3, bindfs, fio, python3 (contrib/install-deps.sh).
 # Everything lives under $BENCH_DIR (default /var/tmp/lunafs-bench) and is removed at the end.
@@ -27,7 +28,7 @@ cleanup
 mkdir -p "$BASE"/{ext4,tmpfs,bindfs-src,bindfs,lunafs,tar}
 mount -t tmpfs -o size=$((SEQ_MB + 1024))m tmpfs "$BASE/tmpfs"
 bindfs "$BASE/bindfs-src" "$BASE/bindfs"
-"$BIN" mount "$BASE/store" "$BASE/lunafs"
+"$BIN" mount "$BASE/store" "$BASE/lunafs" ${LUNAFS_OPTS:+-o "$LUNAFS_OPTS"}
 mkdir "$BASE/lunafs/bench"
 
 # A real source tree to untar: RocksDB's sources from the cargo registry.

@@ -13,7 +13,7 @@ pub mod omap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -31,6 +31,9 @@ pub const ROOT: Ino = 1;
 /// Inode numbers at or above this are never allocated from the store; the FUSE adapter uses
 /// them for the virtual `/.lunafs` tree.
 pub const FIRST_VIRTUAL_INO: Ino = 1 << 62;
+
+/// Inode numbers are reserved this many at a time (one small meta write per block).
+const INO_BLOCK: u64 = 4096;
 
 /// Who is asking: the caller's credentials, for ownership of what it creates.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +59,16 @@ pub struct Core {
     store: Store,
     locks: Locks,
     next_ino: AtomicU64,
+    /// Numbers below this are reserved in the store (`meta`); allocating at or past it first
+    /// commits a new reservation, under `reserving`.
+    ino_reserved: AtomicU64,
+    reserving: Mutex<()>,
+    /// Serializes renames between two directories, so the ancestor walk that refuses moving
+    /// a directory into itself cannot race another such rename (as the kernel's own
+    /// s_vfs_rename_mutex does).
+    cross_dir_rename: Mutex<()>,
+    /// relatime updates on read; off for read-only and noatime mounts.
+    update_atime: AtomicBool,
     /// Open count per file inode: an inode whose last name is removed while open lives on
     /// (as an orphan) until its count drops to zero.
     open_files: Mutex<HashMap<Ino, u32>>,
@@ -66,8 +79,11 @@ impl Core {
     pub fn open(path: &Path, owner: (u32, u32)) -> Result<Core> {
         let store = Store::open(path)?;
         if store.inode(ROOT)?.is_none() {
+            // A new store: schema record and root in one batch, so a crash leaves either a
+            // complete store or one that opens as new.
             let now = Timestamp::now();
             let mut batch = store.batch();
+            batch.put_schema();
             batch.put_inode(&Inode {
                 ino: ROOT,
                 kind: Kind::Dir,
@@ -97,13 +113,22 @@ impl Core {
             batch.commit()?;
             tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
         }
-        let next = store.max_ino()?.max(ROOT) + 1;
+        let next = (store.max_ino()?.max(ROOT) + 1).max(store.ino_reserved()?);
         Ok(Core {
             store,
             locks: Locks::new(),
             next_ino: AtomicU64::new(next),
+            ino_reserved: AtomicU64::new(next),
+            reserving: Mutex::new(()),
+            cross_dir_rename: Mutex::new(()),
+            update_atime: AtomicBool::new(true),
             open_files: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Turns relatime updates on reads on or off (off for `ro` and `noatime` mounts).
+    pub fn set_update_atime(&self, on: bool) {
+        self.update_atime.store(on, Ordering::Relaxed);
     }
 
     pub fn store(&self) -> &Store {
@@ -116,10 +141,22 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
+    /// A never-used inode number. Its reservation is committed before the number is used,
+    /// so a restart never hands it out again, even if the inode was deleted meanwhile.
     fn alloc_ino(&self) -> Result<Ino> {
         let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        if ino >= FIRST_VIRTUAL_INO {
+        if ino >= FIRST_VIRTUAL_INO - INO_BLOCK {
             return Err(Error::Corrupt("inode numbers exhausted".into()));
+        }
+        if ino >= self.ino_reserved.load(Ordering::Acquire) {
+            let _one = self.reserving.lock();
+            if ino >= self.ino_reserved.load(Ordering::Acquire) {
+                let below = ino + INO_BLOCK;
+                let mut batch = self.store.batch();
+                batch.put_ino_reserved(below);
+                batch.commit()?;
+                self.ino_reserved.store(below, Ordering::Release);
+            }
         }
         Ok(ino)
     }
@@ -137,10 +174,12 @@ impl Core {
     pub fn open_file(&self, ino: Ino) -> Result<()> {
         let _held = self.locks.lock(&[ino]);
         let inode = self.getattr(ino)?;
-        if inode.nlink == 0 {
+        let mut open = self.open_files.lock();
+        // An unlinked file can still be opened again while open (through /proc/PID/fd).
+        if inode.nlink == 0 && !open.contains_key(&ino) {
             return Err(Error::NotFound(format!("inode {ino}")));
         }
-        *self.open_files.lock().entry(ino).or_insert(0) += 1;
+        *open.entry(ino).or_insert(0) += 1;
         Ok(())
     }
 

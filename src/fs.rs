@@ -413,10 +413,7 @@ impl fuser::Filesystem for LunaFs {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }
             self.core.open_file(ino.0)?;
-            // With the writeback cache the kernel already turns O_APPEND into offsets at its
-            // own (newer) idea of the size; appending again here would misplace data.
-            let append = flags.0 & libc::O_APPEND != 0 && !self.writeback;
-            Ok(self.handles.insert(Handle::File { ino: ino.0, append }))
+            Ok(self.handles.insert(Handle::File { ino: ino.0 }))
         })();
         match r {
             // keep_cache: the page cache stays valid across opens, since no one else changes
@@ -452,7 +449,7 @@ impl fuser::Filesystem for LunaFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -460,16 +457,12 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let r = (|| {
-            self.writable(ino.0)?;
-            // Writeback from the page cache may come on any handle of the inode (or one that
-            // was already released), so the handle only decides append mode.
-            let append = matches!(
-                self.handles.get(fh.0).as_deref(),
-                Some(Handle::File { append: true, .. })
-            );
-            self.core.write(ino.0, offset, data, append)
-        })();
+        // The offset is the kernel's: for O_APPEND it is the end of the file, taken under the
+        // kernel's inode lock from a size that only this mount changes. Appending on our own
+        // would misplace mmap writeback and ignore fcntl(F_SETFL) clearing O_APPEND.
+        let r = self
+            .writable(ino.0)
+            .and_then(|_| self.core.write(ino.0, offset, data));
         match r {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno("write", &e)),
@@ -638,12 +631,14 @@ impl fuser::Filesystem for LunaFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let mode = if flags & libc::XATTR_CREATE != 0 {
-            SetMode::Create
-        } else if flags & libc::XATTR_REPLACE != 0 {
-            SetMode::Replace
-        } else {
-            SetMode::Upsert
+        let mode = match (
+            flags & libc::XATTR_CREATE != 0,
+            flags & libc::XATTR_REPLACE != 0,
+        ) {
+            (true, true) => SetMode::Never,
+            (true, false) => SetMode::Create,
+            (false, true) => SetMode::Replace,
+            (false, false) => SetMode::Upsert,
         };
         let r = self
             .writable(ino.0)
@@ -704,7 +699,7 @@ impl fuser::Filesystem for LunaFs {
         raw: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         let r = (|| {
@@ -713,11 +708,7 @@ impl fuser::Filesystem for LunaFs {
                 .core
                 .create(ctx(req), parent.0, &name(raw)?, mode & !umask)?;
             self.core.open_file(inode.ino)?;
-            let append = flags & libc::O_APPEND != 0 && !self.writeback;
-            let fh = self.handles.insert(Handle::File {
-                ino: inode.ino,
-                append,
-            });
+            let fh = self.handles.insert(Handle::File { ino: inode.ino });
             Ok((inode, fh))
         })();
         match r {
@@ -787,6 +778,8 @@ fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> boo
 /// Mounts the store of `config` and serves requests until unmounted (by `fusermount3 -u`,
 /// `lunafs umount` or a SIGTERM/SIGINT/SIGHUP to this process). Calls `ready` once mounted.
 pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
+    let noatime = config.flags.contains(&fuser::MountOption::NoAtime);
+    core.set_update_atime(!config.read_only && !noatime);
     let fs = LunaFs::new(core.clone(), config);
     let fuse_config = config.fuser_config();
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)

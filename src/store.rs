@@ -33,8 +33,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens the store at `path`, creating it if the directory is missing or empty. Refuses a
-    /// directory that holds something else, and a store that another process has open.
+    /// Opens the store at `path`, creating the database if the directory is missing or empty.
+    /// Refuses a directory that holds something else, and a store another process has open.
+    /// A new store has no schema record until `core` writes it together with the root inode
+    /// (`Batch::put_schema`), so a crash during creation leaves a store that opens as new.
     pub fn open(path: &Path) -> Result<Store> {
         let fresh = is_missing_or_empty(path)?;
         if !fresh && !path.join("CURRENT").exists() {
@@ -62,25 +64,17 @@ impl Store {
             db,
             path: path.to_owned(),
         };
-        store.check_schema(fresh)?;
+        store.check_schema()?;
         Ok(store)
     }
 
-    fn check_schema(&self, fresh: bool) -> Result<()> {
-        if fresh {
-            self.db.put_cf(
-                self.cf(Cf::Meta),
-                keys::META_SCHEMA,
-                SCHEMA_VERSION.to_be_bytes(),
-            )?;
-            self.db.flush_wal(true)?;
-            return Ok(());
-        }
+    fn check_schema(&self) -> Result<()> {
         let not_ours = |why: String| Error::NotAStore {
             path: self.path.clone(),
             why,
         };
         match self.db.get_cf(self.cf(Cf::Meta), keys::META_SCHEMA)? {
+            None if self.max_ino()? == 0 => Ok(()), // created, not yet initialized
             None => Err(not_ours("no lunafs schema record".into())),
             Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => Ok(()),
             Some(v) => Err(not_ours(format!(
@@ -212,6 +206,15 @@ impl Store {
             Ok(true)
         })?;
         Ok(out)
+    }
+
+    /// The inode-number high-water mark (0 if none was reserved yet).
+    pub fn ino_reserved(&self) -> Result<Ino> {
+        match self.db.get_cf(self.cf(Cf::Meta), keys::META_INO_RESERVED)? {
+            Some(v) => keys::decode_inode(&v)
+                .ok_or_else(|| Error::Corrupt("inode reservation record".into())),
+            None => Ok(0),
+        }
     }
 
     /// Inodes unlinked while open when the store was last used.

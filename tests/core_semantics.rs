@@ -57,8 +57,8 @@ fn data_round_trips_with_holes_and_truncation() {
     let (_d, core) = open();
     let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
     let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
-    core.write(f.ino, 200_000, b"tail", false).unwrap();
-    core.write(f.ino, 10, b"head", false).unwrap();
+    core.write(f.ino, 200_000, b"tail").unwrap();
+    core.write(f.ino, 10, b"head").unwrap();
     let all = core.read(f.ino, 0, 1 << 20).unwrap();
     assert_eq!(all.len(), 200_004);
     assert_eq!(&all[10..14], b"head");
@@ -83,7 +83,7 @@ fn data_round_trips_with_holes_and_truncation() {
     let all = core.read(f.ino, 0, 1000).unwrap();
     assert_eq!(&all[10..12], b"he");
     assert!(all[12..].iter().all(|&x| x == 0));
-    assert_eq!(core.write(f.ino, 0, b"x", true).unwrap(), 1);
+    assert_eq!(core.write(f.ino, 100, b"x").unwrap(), 1);
     assert_eq!(core.getattr(f.ino).unwrap().size, 101);
 }
 
@@ -95,7 +95,7 @@ fn unlink_while_open_keeps_data_until_close_and_survives_reopen_as_orphan_purge(
         let core = Core::open(&path, (0, 0)).unwrap();
         let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
         let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
-        core.write(f.ino, 0, b"data", false).unwrap();
+        core.write(f.ino, 0, b"data").unwrap();
         core.open_file(f.ino).unwrap();
         core.unlink(b.ino, &n("f")).unwrap();
         assert_eq!(core.read(f.ino, 0, 10).unwrap(), b"data");
@@ -162,4 +162,35 @@ fn rmdir_and_rename_over_directories_keep_link_counts() {
     core.rmdir(b.ino, &n("y")).unwrap();
     assert_eq!(core.getattr(b.ino).unwrap().nlink, 2);
     assert!(matches!(core.getattr(x.ino), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn inode_numbers_are_never_reused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let (bucket, first) = {
+        let core = Core::open(&path, (0, 0)).unwrap();
+        let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
+        let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
+        core.unlink(b.ino, &n("f")).unwrap();
+        (b.ino, f.ino)
+    };
+    let core = Core::open(&path, (0, 0)).unwrap();
+    let g = core.create(CTX, bucket, &n("g"), 0o644).unwrap();
+    assert!(
+        g.ino > first,
+        "inode {first} was handed out again as {}",
+        g.ino
+    );
+}
+
+#[test]
+fn a_store_created_but_never_initialized_opens_as_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    // The database exists (as after a crash right after RocksDB created it) but holds no
+    // lunafs records yet.
+    drop(lunafs::store::Store::open(&path).unwrap());
+    let core = Core::open(&path, (0, 0)).unwrap();
+    assert_eq!(core.getattr(ROOT).unwrap().nlink, 2);
 }

@@ -154,6 +154,9 @@ fn unlinked_open_file_lives_until_last_close() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "still here and more");
     assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // Opening it again through /proc works while it is open, as on ext4.
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f));
+    assert_eq!(fs::read(&proc_path).unwrap(), b"still here and more");
     drop(f);
     // A new file of the same name is a new object.
     fs::write(b.join("f"), b"new").unwrap();
@@ -268,4 +271,27 @@ fn read_full_at(f: &fs::File, buf: &mut [u8], off: u64) -> usize {
         }
     }
     n
+}
+
+#[test]
+fn without_writeback_cache_append_and_mmap_write_in_place() {
+    let t = TestFs::with_options("allow_other,no_writeback_cache");
+    let b = t.bucket("b");
+    fs::write(b.join("log"), b"one\n").unwrap();
+    let mut f = OpenOptions::new().append(true).open(b.join("log")).unwrap();
+    f.write_all(b"two\n").unwrap();
+    drop(f);
+    assert_eq!(fs::read(b.join("log")).unwrap(), b"one\ntwo\n");
+    // A shared mapping of an O_APPEND file writes back in place, not at the end.
+    let code = r#"
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_APPEND)
+m = mmap.mmap(fd, 0)
+m[0:3] = b"ONE"
+m.flush()
+m.close()
+os.close(fd)
+"#;
+    common::sh(&format!("python3 -c '{code}' {}", b.join("log").display()));
+    assert_eq!(fs::read(b.join("log")).unwrap(), b"ONE\ntwo\n");
 }

@@ -91,6 +91,9 @@ fn xattr_errnos() {
         libc::EEXIST
     );
     assert_eq!(setxattr(&f, "user.k", b"22", libc::XATTR_REPLACE), 0);
+    let both = libc::XATTR_CREATE | libc::XATTR_REPLACE;
+    assert_eq!(setxattr(&f, "user.k", b"3", both), libc::EEXIST);
+    assert_eq!(setxattr(&f, "user.new", b"3", both), libc::ENODATA);
     let mut small = [0u8; 1];
     assert_eq!(getxattr_into(&f, "user.k", &mut small), Err(libc::ERANGE));
     assert_eq!(getxattr_into(&f, "user.k", &mut []), Ok(2));

@@ -22,13 +22,20 @@ pub enum RenameMode {
 
 impl Core {
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Inode> {
-        let d = self
-            .store
-            .dentry(parent, name.as_bytes())?
-            .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        self.store.inode(d.ino)?.ok_or_else(|| {
-            Error::Corrupt(format!("entry {name} points to missing inode {}", d.ino))
-        })
+        loop {
+            let d = self.entry(parent, name)?;
+            if let Some(inode) = self.store.inode(d.ino)? {
+                return Ok(inode);
+            }
+            // Unlinked between the two reads: look again. A dentry that stays without its
+            // inode is damage.
+            if self.store.dentry(parent, name.as_bytes())? == Some(d) {
+                return Err(Error::Corrupt(format!(
+                    "entry {name} points to missing inode {}",
+                    d.ino
+                )));
+            }
+        }
     }
 
     /// The entries of a directory, in name order (without `.` and `..`).
@@ -252,6 +259,7 @@ impl Core {
         newname: &Name,
         mode: RenameMode,
     ) -> Result<()> {
+        let _cross = (parent != newparent).then(|| self.cross_dir_rename.lock());
         loop {
             let src = self.entry(parent, name)?;
             let dst = self.store.dentry(newparent, newname.as_bytes())?;
@@ -292,6 +300,9 @@ impl Core {
         }
         if src.kind == Kind::Dir && parent != newparent {
             self.check_not_into_itself(src.ino, newparent, name)?;
+            if txn.get(newparent)?.nlink >= LINK_MAX {
+                return Err(Error::TooManyLinks(newparent));
+            }
         }
         let now = Timestamp::now();
         txn.modify(src.ino)?.ctime = now;

@@ -5,6 +5,8 @@
 //! so growing a file never resurrects old data. A write rewrites only the chunks it touches,
 //! reading back at most the first and last when it covers them partially.
 
+use std::sync::atomic::Ordering;
+
 use super::Core;
 use crate::error::{Error, Result};
 use crate::store::codec::{Inode, Kind, Timestamp};
@@ -98,9 +100,8 @@ impl Core {
         Ok(self.store.chunks(ino, index, index)?.pop().flatten())
     }
 
-    /// Writes `data` at `offset` (or at the end of the file when `append`), returning the
-    /// number of bytes written.
-    pub fn write(&self, ino: Ino, offset: u64, data: &[u8], append: bool) -> Result<usize> {
+    /// Writes `data` at `offset`, returning the number of bytes written.
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         let _held = self.locks.lock(&[ino]);
         let mut inode = self.getattr(ino)?;
         match inode.kind {
@@ -111,7 +112,7 @@ impl Core {
         if data.is_empty() {
             return Ok(0);
         }
-        let start = if append { inode.size } else { offset };
+        let start = offset;
         let end = start
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_SIZE)
@@ -174,6 +175,9 @@ impl Core {
     /// relatime: a read updates atime only when it is older than the last change or a day
     /// old, so reading is not a write on every call.
     fn touch_atime(&self, seen: &Inode) -> Result<()> {
+        if !self.update_atime.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let now = Timestamp::now();
         if seen.atime > seen.mtime && seen.atime > seen.ctime && now.sec - seen.atime.sec < 86_400 {
             return Ok(());

@@ -13,12 +13,13 @@ pub const XATTR_SIZE_MAX: usize = 65_536;
 
 const USER: &[u8] = b"user.";
 
-/// setxattr's XATTR_CREATE / XATTR_REPLACE.
+/// setxattr's XATTR_CREATE / XATTR_REPLACE (both at once: always fails, as on ext4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetMode {
     Upsert,
     Create,
     Replace,
+    Never,
 }
 
 enum XName<'a> {
@@ -51,8 +52,8 @@ impl Core {
         let mut inode = self.getattr(ino)?;
         let exists = self.get_raw(ino, &xname)?.is_some();
         match (mode, exists) {
-            (SetMode::Create, true) => return Err(Error::Exists(shown())),
-            (SetMode::Replace, false) => return Err(Error::NoAttr(shown())),
+            (SetMode::Create | SetMode::Never, true) => return Err(Error::Exists(shown())),
+            (SetMode::Replace | SetMode::Never, false) => return Err(Error::NoAttr(shown())),
             _ => {}
         }
         let mut batch = self.store.batch();

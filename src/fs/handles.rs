@@ -20,8 +20,8 @@ pub struct Listed {
 }
 
 pub enum Handle {
-    /// A regular file in the store. `append`: writes go to the end of the file.
-    File { ino: Ino, append: bool },
+    /// A regular file in the store.
+    File { ino: Ino },
     /// A directory, with its listing once read.
     Dir {
         ino: Ino,

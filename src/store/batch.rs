@@ -6,7 +6,7 @@ use rocksdb::WriteBatch;
 
 use super::codec::{encode_blob, Dentry, Inode};
 use super::keys::{self, Ino};
-use super::schema::Cf;
+use super::schema::{Cf, SCHEMA_VERSION};
 use super::Store;
 use crate::error::Result;
 
@@ -21,6 +21,23 @@ impl<'a> Batch<'a> {
             store,
             wb: WriteBatch::default(),
         }
+    }
+
+    /// Marks the store as initialized with this release's format.
+    pub fn put_schema(&mut self) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Meta),
+            keys::META_SCHEMA,
+            SCHEMA_VERSION.to_be_bytes(),
+        );
+    }
+
+    pub fn put_ino_reserved(&mut self, below: Ino) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Meta),
+            keys::META_INO_RESERVED,
+            keys::inode(below),
+        );
     }
 
     pub fn put_inode(&mut self, inode: &Inode) {
