@@ -18,8 +18,9 @@ cargo build --release --locked >/dev/null
 [ "$(id -u)" -eq 0 ] || { echo "run as root (tmpfs mount and drop_caches)" >&2; exit 1; }
 
 cleanup() {
-  for m in "$BASE/lunafs" "$BASE/bindfs"; do mountpoint -q "$m" && fusermount3 -u "$m" || true; done
+  # lunafs umount waits until the daemon has released the store, so rm cannot race it.
   if mountpoint -q "$BASE/lunafs"; then "$BIN" umount "$BASE/lunafs" || true; fi
+  if mountpoint -q "$BASE/bindfs"; then fusermount3 -u "$BASE/bindfs" || true; fi
   mountpoint -q "$BASE/tmpfs" && umount "$BASE/tmpfs" || true
   rm -rf "$BASE"
 }
@@ -79,10 +80,12 @@ for i in range(n): os.unlink(f"{d}/small/d{i%10}/f{i}")
 PY
 }
 xattrs() { py "$1" "$XATTRS" <<'PY'
+# 10 attributes per file: ext4 keeps a file's xattrs in one 4 KiB block.
 import os, sys
-d, n = sys.argv[1], int(sys.argv[2]); p = f"{d}/xattr-obj"; open(p, "w").close()
-for i in range(n): os.setxattr(p, f"user.k{i}", b"v" * 32)
-for i in range(n): assert os.getxattr(p, f"user.k{i}") == b"v" * 32
+d, n = sys.argv[1], int(sys.argv[2]); os.makedirs(f"{d}/x", exist_ok=True)
+for f in range(n // 10): open(f"{d}/x/{f}", "w").close()
+for i in range(n): os.setxattr(f"{d}/x/{i // 10}", f"user.k{i % 10}", b"v" * 32)
+for i in range(n): assert os.getxattr(f"{d}/x/{i // 10}", f"user.k{i % 10}") == b"v" * 32
 PY
 }
 fio_iops() { # dir rw
