@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what lunafs needs, builds it, and mounts a demo store.
 #   contrib/demo.sh [STORE [MOUNTPOINT]]   (defaults: /var/lib/lunafs/demo, /mnt/lunafs-demo)
-# Unmount with: target/release/lunafs umount MOUNTPOINT
+# Unmount with: lunafs umount MOUNTPOINT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${1:-/var/lib/lunafs/demo}
 MNT=${2:-/mnt/lunafs-demo}
 contrib/install-deps.sh
-cargo build --release --locked
-BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
+contrib/install.sh          # /usr/local/bin/lunafs, mount.fuse.lunafs, lunafs@.service
+BIN=/usr/local/bin/lunafs
 mkdir -p "$MNT"
 if mountpoint -q "$MNT"; then
   echo "$MNT is already mounted; unmount it with: $BIN umount $MNT" >&2

@@ -1,6 +1,7 @@
-//! The `lunafs` command line: parses raw arguments with clap, builds validated configuration,
-//! and runs the command. Messages name the path or option at fault; every failure exits
-//! non-zero (2 for usage errors, 1 otherwise).
+//! The `lunafs` command line: parses raw arguments with clap, builds validated configuration
+//! (config file, environment, options: see `config`), and runs the command. Messages name the
+//! path or option at fault; every failure exits non-zero (2 for usage errors, 1 otherwise;
+//! fsck uses fsck(8)'s 0/1/4).
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::MountConfig;
+use crate::config::{Layered, MountConfig};
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::store::LOG_FILE;
@@ -28,6 +29,9 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Config file (default /etc/lunafs/lunafs.toml if it exists; or $LUNAFS_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -50,9 +54,20 @@ pub enum Cmd {
     },
     /// Unmount MOUNTPOINT and wait until its lunafs has flushed and released the store.
     Umount { mountpoint: PathBuf },
+    /// Show the health and counters of a mounted lunafs (its /.lunafs/stats).
+    Status { mountpoint: PathBuf },
+    /// Check an unmounted store's every invariant; repair what is safe with --repair.
+    /// Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left.
+    Fsck {
+        store: PathBuf,
+        /// Apply the safe repairs (dangling entries, link counts, stray data).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command; Ok holds the process exit status.
+pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Cmd::Mount {
             store,
@@ -60,17 +75,24 @@ pub fn run(cli: Cli) -> Result<()> {
             options,
             foreground,
         } => {
+            let layered = Layered::load(cli.config.as_deref())?;
+            let mut all = layered.options;
+            all.extend(options);
+            let level = cli.log_level.or(layered.log_level);
             let mut config = MountConfig::new(absolute(&store)?, absolute(&mountpoint)?);
-            config.apply_options(&options)?;
+            config.apply_options(&all)?;
             check_mountpoint(&config.mountpoint)?;
             if foreground {
-                crate::telemetry::init(cli.log_level.as_deref())?;
-                mount_foreground(&config)
+                crate::telemetry::init(level.as_deref())?;
+                mount_foreground(&config)?;
             } else {
-                mount_background(&config, &options, cli.log_level.as_deref())
+                mount_background(&config, &all, level.as_deref(), cli.config.as_deref())?;
             }
+            Ok(0)
         }
-        Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?),
+        Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?).map(|_| 0),
+        Cmd::Status { mountpoint } => status(&absolute(&mountpoint)?).map(|_| 0),
+        Cmd::Fsck { store, repair } => fsck(&absolute(&store)?, repair),
     }
 }
 
@@ -116,7 +138,12 @@ fn mount_foreground(config: &MountConfig) -> Result<()> {
 
 /// Starts `lunafs mount --foreground` as a detached child logging to STORE/lunafs.log, and
 /// returns once the mount answers, or with the child's own error message if it exits first.
-fn mount_background(config: &MountConfig, options: &[String], level: Option<&str>) -> Result<()> {
+fn mount_background(
+    config: &MountConfig,
+    options: &[String],
+    level: Option<&str>,
+    config_file: Option<&Path>,
+) -> Result<()> {
     let store = &config.store;
     if !store.exists() {
         fs::create_dir_all(store)
@@ -133,6 +160,9 @@ fn mount_background(config: &MountConfig, options: &[String], level: Option<&str
     let mut cmd = Command::new(exe);
     if let Some(level) = level {
         cmd.args(["--log-level", level]);
+    }
+    if let Some(file) = config_file {
+        cmd.arg("--config").arg(file);
     }
     cmd.arg("mount")
         .arg(store)
@@ -255,6 +285,59 @@ fn umount(mp: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+fn status(mp: &Path) -> Result<()> {
+    let store = mounted_store(mp)?
+        .ok_or_else(|| Error::Usage(format!("{} is not a lunafs mount", mp.display())))?;
+    // A hung daemon would block the read forever: ask from a thread and give up after 10 s.
+    let stats_path = mp.join(".lunafs/stats");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(fs::read_to_string(&stats_path));
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(stats)) => {
+            println!("mounted: {} (store {})", mp.display(), store.display());
+            println!("health: answering");
+            print!("{stats}");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Error::io(format!("{} is not answering", mp.display()), e)),
+        Err(_) => Err(Error::Usage(format!(
+            "{} did not answer within 10 s (is its lunafs process stuck?)",
+            mp.display()
+        ))),
+    }
+}
+
+fn fsck(store_path: &Path, repair: bool) -> Result<i32> {
+    if !store_path.join("CURRENT").exists() {
+        return Err(Error::NotAStore {
+            path: store_path.to_owned(),
+            why: "no RocksDB database there".into(),
+        });
+    }
+    let store = crate::store::Store::open(store_path)?;
+    let report = crate::core::fsck::fsck(&store, repair)?;
+    for f in &report.findings {
+        let tag = match (f.repairable, report.repaired) {
+            (true, true) => "repaired",
+            (true, false) => "repairable",
+            (false, _) => "NOT repairable",
+        };
+        println!("{tag}: {}", f.problem);
+    }
+    println!(
+        "{}: {} inodes, {} entries, {} chunks, {} orphans to purge at next mount; {} problem(s)",
+        store_path.display(),
+        report.inodes,
+        report.entries,
+        report.chunks,
+        report.orphans,
+        report.findings.len()
+    );
+    Ok(report.exit_code())
 }
 
 /// Whether some process holds RocksDB's lock on the store (an fcntl write lock on LOCK).

@@ -1,8 +1,11 @@
-//! Mount configuration: the `-o` options of `lunafs mount` (and, through `mount.lunafs`, of
-//! fstab), parsed once into a validated `MountConfig`. Every option is documented in the
-//! README's configuration table; an unknown option is an error, not a silent no-op.
+//! Mount configuration from its three sources, parsed once into a validated `MountConfig`.
+//! Precedence, lowest first: built-in defaults, the config file (`/etc/lunafs/lunafs.toml` or
+//! `--config`/`$LUNAFS_CONFIG`), `$LUNAFS_OPTIONS`, then `-o` on the command line (and so
+//! fstab, through `mount.lunafs`). Every source is turned into `-o`-style options and goes
+//! through the one parser below, so a setting means the same wherever it is written. Every
+//! option is in the README's configuration table; an unknown one is an error naming it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fuser::{MountOption, SessionACL};
@@ -135,6 +138,89 @@ impl MountConfig {
     }
 }
 
+/// Where the config file is read from when neither `--config` nor `$LUNAFS_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/lunafs/lunafs.toml";
+
+/// What the config file and environment contribute before the command line.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Layered {
+    /// `-o`-style options, in precedence order (later wins).
+    pub options: Vec<String>,
+    pub log_level: Option<String>,
+}
+
+impl Layered {
+    /// Reads the config file (`explicit` must exist; the default path may be absent) and the
+    /// LUNAFS_OPTIONS / LUNAFS_LOG_LEVEL environment variables.
+    pub fn load(explicit: Option<&Path>) -> Result<Layered> {
+        let env_path = std::env::var_os("LUNAFS_CONFIG").map(PathBuf::from);
+        let mut layered = match explicit.map(Path::to_path_buf).or(env_path) {
+            Some(path) => Layered::from_file(&path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Layered::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Layered::default(),
+        };
+        if let Ok(opts) = std::env::var("LUNAFS_OPTIONS") {
+            layered.options.push(opts);
+        }
+        if let Ok(level) = std::env::var("LUNAFS_LOG_LEVEL") {
+            layered.log_level = Some(level);
+        }
+        Ok(layered)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Layered> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("config file {}", path.display()), e))?;
+        Layered::parse(&text)
+            .map_err(|e| Error::Usage(format!("config file {}: {e}", path.display())))
+    }
+
+    /// The config file format: `log_level = "info"` and a `[mount]` table whose keys are the
+    /// `-o` options (`allow_other = true`, `attr_timeout = 2.5`, `read_only = true`, ...).
+    pub fn parse(text: &str) -> std::result::Result<Layered, String> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| e.message().to_string())?;
+        let mut out = Layered::default();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("log_level", toml::Value::String(level)) => out.log_level = Some(level.clone()),
+                ("mount", toml::Value::Table(mount)) => {
+                    for (k, v) in mount {
+                        out.options.push(option_of(k, v)?);
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown setting {key:?} (expected log_level or [mount])"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A `[mount]` entry as an `-o` option.
+fn option_of(key: &str, value: &toml::Value) -> std::result::Result<String, String> {
+    let name = if key == "read_only" { "ro" } else { key };
+    Ok(match value {
+        toml::Value::Boolean(true) => name.to_string(),
+        toml::Value::Boolean(false) => match name {
+            "ro" => "rw".into(),
+            "writeback_cache" => "no_writeback_cache".into(),
+            "allow_other" | "allow_root" => String::new(), // off is the default
+            _ => return Err(format!("[mount] {key} = false is not a setting")),
+        },
+        toml::Value::Integer(n) => format!("{name}={n}"),
+        toml::Value::Float(f) => format!("{name}={f}"),
+        toml::Value::String(s) => format!("{name}={s}"),
+        other => return Err(format!("[mount] {key}: unexpected {}", other.type_str())),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +246,34 @@ mod tests {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    #[test]
+    fn config_file_becomes_options_through_the_same_parser() {
+        let l = Layered::parse(
+            "log_level = \"debug\"\n[mount]\nallow_other = true\nread_only = true\nattr_timeout = 2.5\nthreads = 8\nwriteback_cache = false\n",
+        )
+        .unwrap();
+        assert_eq!(l.log_level.as_deref(), Some("debug"));
+        let mut c = MountConfig::new("/s".into(), "/m".into());
+        c.apply_options(&l.options).unwrap();
+        assert!(c.allow_other && c.read_only && !c.writeback_cache);
+        assert_eq!(
+            (c.threads, c.attr_timeout),
+            (8, Duration::from_millis(2500))
+        );
+    }
+
+    #[test]
+    fn bad_config_files_say_what_is_wrong() {
+        assert!(Layered::parse("[mount\n").unwrap_err().len() > 3);
+        assert!(Layered::parse("colour = 1").unwrap_err().contains("colour"));
+        let l = Layered::parse("[mount]\nbogus = true").unwrap();
+        let mut c = MountConfig::new("/s".into(), "/m".into());
+        assert!(c
+            .apply_options(&l.options)
+            .unwrap_err()
+            .to_string()
+            .contains("bogus"));
     }
 }

@@ -6,6 +6,7 @@
 //! converts) and is tested on a temp-dir store without a kernel.
 
 pub mod dir;
+pub mod fsck;
 pub mod locks;
 pub mod names;
 pub mod object;
@@ -210,6 +211,11 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// How many files are open (for stats).
+    pub fn open_file_count(&self) -> usize {
+        self.open_files.lock().len()
     }
 
     fn is_open(&self, ino: Ino) -> bool {

@@ -11,9 +11,11 @@
 pub mod attr;
 pub mod control;
 pub mod handles;
+pub mod stats;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +36,11 @@ use crate::core::{Core, Ctx, Name, ROOT};
 use crate::error::{Error, Result};
 use crate::store::codec::Kind;
 use crate::store::keys::Ino;
+use crate::systemd;
 use attr::{file_attr, file_type};
 use control::Control;
 use handles::{Handle, Handles, Listed};
+use stats::{json_str, Op, Stats};
 
 pub struct LunaFs {
     core: Arc<Core>,
@@ -47,16 +51,8 @@ pub struct LunaFs {
     /// replies, which it updates itself.
     ttl: Duration,
     writeback: bool,
-}
-
-fn errno(op: &str, e: &Error) -> Errno {
-    let code = e.errno();
-    if code == libc::EIO {
-        warn!(op, error = %e, "request failed");
-    } else {
-        debug!(op, error = %e, "request refused");
-    }
-    Errno::from_i32(code)
+    stats: Stats,
+    mountpoint: String,
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -80,7 +76,50 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 
 const GENERATION: Generation = Generation(0);
 
+/// Control files are generated at open: direct I/O so the kernel neither caches them nor
+/// trusts their (zero) size.
+fn control_flags() -> FopenFlags {
+    FopenFlags::FOPEN_DIRECT_IO
+}
+
 impl LunaFs {
+    /// The errno for a failed request, counted and logged (EIO as a warning: it means
+    /// trouble in the store; the rest are refusals the caller is meant to see).
+    fn fail(&self, op: Op, e: &Error) -> Errno {
+        self.stats.error(op);
+        let code = e.errno();
+        if code == libc::EIO {
+            warn!(op = op.name(), error = %e, "request failed");
+        } else {
+            debug!(op = op.name(), error = %e, "request refused");
+        }
+        Errno::from_i32(code)
+    }
+
+    fn reply_xattr(&self, op: Op, reply: ReplyXattr, size: u32, r: Result<Vec<u8>>) {
+        match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => {
+                reply.error(self.fail(op, &Error::BufferTooSmall(v.len())))
+            }
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(self.fail(op, &e)),
+        }
+    }
+
+    /// The contents of `/.lunafs/stats`.
+    fn stats_json(&self) -> Vec<u8> {
+        let store = self.core.store();
+        self.stats
+            .to_json(&[
+                ("store", json_str(&store.path().display().to_string())),
+                ("mountpoint", json_str(&self.mountpoint)),
+                ("store_bytes", store.approximate_size().to_string()),
+                ("open_files", self.core.open_file_count().to_string()),
+            ])
+            .into_bytes()
+    }
+
     pub fn new(core: Arc<Core>, config: &MountConfig) -> Self {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -90,6 +129,8 @@ impl LunaFs {
             control: Control::new(uid, gid),
             ttl: config.attr_timeout,
             writeback: config.writeback_cache,
+            stats: Stats::new(),
+            mountpoint: config.mountpoint.display().to_string(),
         }
     }
 
@@ -119,10 +160,10 @@ impl LunaFs {
         Ok(())
     }
 
-    fn reply_entry(&self, op: &str, reply: ReplyEntry, r: Result<crate::store::codec::Inode>) {
+    fn reply_entry(&self, op: Op, reply: ReplyEntry, r: Result<crate::store::codec::Inode>) {
         match r {
             Ok(inode) => reply.entry(&self.ttl, &file_attr(&inode), GENERATION),
-            Err(e) => reply.error(errno(op, &e)),
+            Err(e) => reply.error(self.fail(op, &e)),
         }
     }
 
@@ -219,16 +260,18 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEntry) {
+        self.stats.call(Op::Lookup);
         match self.lookup_attr(parent.0, raw) {
             Ok(attr) => reply.entry(&self.ttl, &attr, GENERATION),
-            Err(e) => reply.error(errno("lookup", &e)),
+            Err(e) => reply.error(self.fail(Op::Lookup, &e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.call(Op::Getattr);
         match self.attr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
-            Err(e) => reply.error(errno("getattr", &e)),
+            Err(e) => reply.error(self.fail(Op::Getattr, &e)),
         }
     }
 
@@ -250,6 +293,7 @@ impl fuser::Filesystem for LunaFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.call(Op::Setattr);
         let change = SetAttr {
             mode,
             uid,
@@ -263,14 +307,15 @@ impl fuser::Filesystem for LunaFs {
             .and_then(|_| self.core.setattr(ino.0, &change));
         match r {
             Ok(inode) => reply.attr(&self.ttl, &file_attr(&inode)),
-            Err(e) => reply.error(errno("setattr", &e)),
+            Err(e) => reply.error(self.fail(Op::Setattr, &e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.call(Op::Readlink);
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno("readlink", &e)),
+            Err(e) => reply.error(self.fail(Op::Readlink, &e)),
         }
     }
 
@@ -284,11 +329,12 @@ impl fuser::Filesystem for LunaFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.call(Op::Mknod);
         let r = self.writable(parent.0).and_then(|_| {
             self.core
                 .mknod(ctx(req), parent.0, &name(raw)?, mode & !umask, rdev)
         });
-        self.reply_entry("mknod", reply, r);
+        self.reply_entry(Op::Mknod, reply, r);
     }
 
     fn mkdir(
@@ -300,24 +346,27 @@ impl fuser::Filesystem for LunaFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.call(Op::Mkdir);
         let r = self.writable(parent.0).and_then(|_| {
             self.core
                 .mkdir(ctx(req), parent.0, &name(raw)?, mode & !umask)
         });
-        self.reply_entry("mkdir", reply, r);
+        self.reply_entry(Op::Mkdir, reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        self.stats.call(Op::Unlink);
         let r = self
             .writable(parent.0)
             .and_then(|_| self.core.unlink(parent.0, &name(raw)?));
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", &e)),
+            Err(e) => reply.error(self.fail(Op::Unlink, &e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        self.stats.call(Op::Rmdir);
         let r = self.writable(parent.0).and_then(|_| {
             let name = name(raw)?;
             if parent.0 == ROOT && name.is_control_dir() {
@@ -327,7 +376,7 @@ impl fuser::Filesystem for LunaFs {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", &e)),
+            Err(e) => reply.error(self.fail(Op::Rmdir, &e)),
         }
     }
 
@@ -339,6 +388,7 @@ impl fuser::Filesystem for LunaFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.call(Op::Symlink);
         let r = self.writable(parent.0).and_then(|_| {
             self.core.symlink(
                 ctx(req),
@@ -347,7 +397,7 @@ impl fuser::Filesystem for LunaFs {
                 target.as_os_str().as_bytes(),
             )
         });
-        self.reply_entry("symlink", reply, r);
+        self.reply_entry(Op::Symlink, reply, r);
     }
 
     fn rename(
@@ -360,6 +410,7 @@ impl fuser::Filesystem for LunaFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.call(Op::Rename);
         let r = (|| {
             self.writable(parent.0)?;
             self.writable(newparent.0)?;
@@ -380,7 +431,7 @@ impl fuser::Filesystem for LunaFs {
         })();
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", &e)),
+            Err(e) => reply.error(self.fail(Op::Rename, &e)),
         }
     }
 
@@ -392,34 +443,46 @@ impl fuser::Filesystem for LunaFs {
         newraw: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.call(Op::Link);
         let r = self
             .writable(ino.0)
             .and_then(|_| self.writable(newparent.0))
             .and_then(|_| self.core.link(ino.0, newparent.0, &name(newraw)?));
-        self.reply_entry("link", reply, r);
+        self.reply_entry(Op::Link, reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.call(Op::Open);
         let r = (|| {
             if Control::owns(ino.0) {
                 if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
                     return Err(Error::NotPermitted("/.lunafs".into()));
                 }
-                self.control.attr(ino.0)?;
-                return Ok(self.handles.insert(Handle::Control { ino: ino.0 }));
+                let data = if ino.0 == control::STATS_INO {
+                    self.stats_json()
+                } else {
+                    self.control.contents(ino.0)?
+                };
+                return Ok((
+                    self.handles.insert(Handle::Control { data }),
+                    control_flags(),
+                ));
             }
             let inode = self.core.getattr(ino.0)?;
             if inode.kind == Kind::Dir {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }
             self.core.open_file(ino.0)?;
-            Ok(self.handles.insert(Handle::File { ino: ino.0 }))
-        })();
-        match r {
             // keep_cache: the page cache stays valid across opens, since no one else changes
             // the store behind this mount.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno("open", &e)),
+            Ok((
+                self.handles.insert(Handle::File { ino: ino.0 }),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ))
+        })();
+        match r {
+            Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(self.fail(Op::Open, &e)),
         }
     }
 
@@ -427,21 +490,28 @@ impl fuser::Filesystem for LunaFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.call(Op::Read);
         let r = if Control::owns(ino.0) {
-            self.control.read(ino.0, offset, size)
+            match self.handles.get(fh.0).as_deref() {
+                Some(Handle::Control { data }) => Ok(control::slice(data, offset, size).to_vec()),
+                _ => Err(Error::BadHandle(fh.0)),
+            }
         } else {
             self.core.read(ino.0, offset, size)
         };
         match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", &e)),
+            Ok(data) => {
+                self.stats.read(data.len());
+                reply.data(&data)
+            }
+            Err(e) => reply.error(self.fail(Op::Read, &e)),
         }
     }
 
@@ -457,6 +527,7 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.stats.call(Op::Write);
         // The offset is the kernel's: for O_APPEND it is the end of the file, taken under the
         // kernel's inode lock from a size that only this mount changes. Appending on our own
         // would misplace mmap writeback and ignore fcntl(F_SETFL) clearing O_APPEND.
@@ -464,8 +535,11 @@ impl fuser::Filesystem for LunaFs {
             .writable(ino.0)
             .and_then(|_| self.core.write(ino.0, offset, data));
         match r {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno("write", &e)),
+            Ok(n) => {
+                self.stats.wrote(n);
+                reply.written(n as u32)
+            }
+            Err(e) => reply.error(self.fail(Op::Write, &e)),
         }
     }
 
@@ -493,6 +567,7 @@ impl fuser::Filesystem for LunaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.call(Op::Release);
         let r = match self.handles.remove(fh.0).as_deref() {
             Some(Handle::File { ino, .. }) => self.core.close_file(*ino),
             Some(_) => Ok(()),
@@ -500,18 +575,20 @@ impl fuser::Filesystem for LunaFs {
         };
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("release", &e)),
+            Err(e) => reply.error(self.fail(Op::Release, &e)),
         }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+        self.stats.call(Op::Fsync);
         match self.core.sync() {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", &e)),
+            Err(e) => reply.error(self.fail(Op::Fsync, &e)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.call(Op::Opendir);
         let r = (|| {
             if !Control::owns(ino.0) && self.core.getattr(ino.0)?.kind != Kind::Dir {
                 return Err(Error::NotDir(format!("inode {}", ino.0)));
@@ -523,7 +600,7 @@ impl fuser::Filesystem for LunaFs {
         })();
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("opendir", &e)),
+            Err(e) => reply.error(self.fail(Op::Opendir, &e)),
         }
     }
 
@@ -535,6 +612,7 @@ impl fuser::Filesystem for LunaFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.call(Op::Readdir);
         match self.dir_listing(fh, offset) {
             Ok(listing) => {
                 for (i, e) in listing.iter().enumerate().skip(offset as usize) {
@@ -549,7 +627,7 @@ impl fuser::Filesystem for LunaFs {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("readdir", &e)),
+            Err(e) => reply.error(self.fail(Op::Readdir, &e)),
         }
     }
 
@@ -561,6 +639,7 @@ impl fuser::Filesystem for LunaFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.call(Op::Readdir);
         match self.dir_listing(fh, offset) {
             Ok(listing) => {
                 for (i, e) in listing.iter().enumerate().skip(offset as usize) {
@@ -582,7 +661,7 @@ impl fuser::Filesystem for LunaFs {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(errno("readdirplus", &e)),
+            Err(e) => reply.error(self.fail(Op::Readdir, &e)),
         }
     }
 
@@ -606,18 +685,20 @@ impl fuser::Filesystem for LunaFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.call(Op::Fsync);
         match self.core.sync() {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsyncdir", &e)),
+            Err(e) => reply.error(self.fail(Op::Fsync, &e)),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.call(Op::Statfs);
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
-            Err(e) => reply.error(errno("statfs", &e)),
+            Err(e) => reply.error(self.fail(Op::Statfs, &e)),
         }
     }
 
@@ -631,6 +712,7 @@ impl fuser::Filesystem for LunaFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.call(Op::Setxattr);
         let mode = match (
             flags & libc::XATTR_CREATE != 0,
             flags & libc::XATTR_REPLACE != 0,
@@ -645,39 +727,43 @@ impl fuser::Filesystem for LunaFs {
             .and_then(|_| self.core.setxattr(ino.0, raw.as_bytes(), value, mode));
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", &e)),
+            Err(e) => reply.error(self.fail(Op::Setxattr, &e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.call(Op::Getxattr);
         let r = if Control::owns(ino.0) {
             Err(Error::NoAttr(raw.to_string_lossy().into_owned()))
         } else {
             self.core.getxattr(ino.0, raw.as_bytes())
         };
-        reply_xattr("getxattr", reply, size, r);
+        self.reply_xattr(Op::Getxattr, reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.call(Op::Listxattr);
         let r = if Control::owns(ino.0) {
             Ok(Vec::new())
         } else {
             self.core.listxattr(ino.0)
         };
-        reply_xattr("listxattr", reply, size, r);
+        self.reply_xattr(Op::Listxattr, reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+        self.stats.call(Op::Removexattr);
         let r = self
             .writable(ino.0)
             .and_then(|_| self.core.removexattr(ino.0, raw.as_bytes()));
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", &e)),
+            Err(e) => reply.error(self.fail(Op::Removexattr, &e)),
         }
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.stats.call(Op::Access);
         // With default_permissions the kernel decides access(2) itself; this answers only
         // if a kernel asks anyway, by the same mode-bit rules.
         match self.attr(ino.0) {
@@ -688,7 +774,7 @@ impl fuser::Filesystem for LunaFs {
                     reply.error(Errno::EACCES)
                 }
             }
-            Err(e) => reply.error(errno("access", &e)),
+            Err(e) => reply.error(self.fail(Op::Access, &e)),
         }
     }
 
@@ -702,6 +788,7 @@ impl fuser::Filesystem for LunaFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        self.stats.call(Op::Create);
         let r = (|| {
             self.writable(parent.0)?;
             let inode = self
@@ -719,7 +806,7 @@ impl fuser::Filesystem for LunaFs {
                 FileHandle(fh),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(errno("create", &e)),
+            Err(e) => reply.error(self.fail(Op::Create, &e)),
         }
     }
 
@@ -733,6 +820,7 @@ impl fuser::Filesystem for LunaFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.call(Op::Fallocate);
         let r = if mode != 0 {
             // Punching holes and collapsing ranges are not supported (yet).
             Err(Error::Unsupported(format!("fallocate mode {mode:#x}")))
@@ -741,17 +829,23 @@ impl fuser::Filesystem for LunaFs {
         };
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fallocate", &e)),
+            Err(e) => reply.error(self.fail(Op::Fallocate, &e)),
         }
     }
 }
 
-fn reply_xattr(op: &str, reply: ReplyXattr, size: u32, r: Result<Vec<u8>>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(v.len() as u32),
-        Ok(v) if v.len() > size as usize => reply.error(errno(op, &Error::BufferTooSmall(v.len()))),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno(op, &e)),
+/// The kernel gives a FUSE mount the default readahead of 128 KiB whatever `max_readahead`
+/// we negotiate, so sequential reads come as 128 KiB requests. Root may raise it through the
+/// mount's backing device info; 1 MiB requests let a read fetch 16 chunks in one multi-get.
+/// (Measured in benches/: cold sequential read, see README.) Failure only costs speed.
+fn raise_readahead(dev: u64) {
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, "1024") {
+        debug!(path, error = %e, "could not raise readahead");
     }
 }
 
@@ -785,16 +879,37 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
         .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
     let mut unmounter = session.unmount_callable();
+    let mountpoint = config.mountpoint.clone();
     crate::telemetry::on_termination(move || {
+        let _ = systemd::notify("STOPPING=1");
         if let Err(e) = unmounter.unmount() {
-            warn!(error = %e, "unmount on signal failed");
+            // Busy (files open): detach now; the session ends when the last file closes,
+            // and every acknowledged write is already in the store.
+            warn!(error = %e, "unmount on signal failed; detaching lazily");
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&mountpoint)
+                .status();
         }
     })?;
-    tracing::info!(
-        store = %core.store().path().display(),
-        mountpoint = %config.mountpoint.display(),
-        "mounted"
-    );
+    // READY=1 only once the mount answers: a stat of the root is served by this very session,
+    // so it returns only after `run` below has started.
+    let mountpoint = config.mountpoint.clone();
+    let store_path = core.store().path().display().to_string();
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || match std::fs::metadata(&mountpoint) {
+            Ok(meta) => {
+                raise_readahead(meta.dev());
+                tracing::info!(store = %store_path, mountpoint = %mountpoint.display(), "mounted");
+                let status = format!("READY=1\nSTATUS=serving {store_path}");
+                if let Err(e) = systemd::notify(&status) {
+                    warn!(error = %e, "telling systemd we are ready failed");
+                }
+            }
+            Err(e) => warn!(error = %e, "the new mount does not answer"),
+        })
+        .map_err(|e| Error::io("starting the readiness thread", e))?;
     session
         .run()
         .map_err(|e| Error::io("serving FUSE requests", e))?;

@@ -8,6 +8,7 @@ pub mod core;
 pub mod error;
 pub mod fs;
 pub mod store;
+pub mod systemd;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -9,12 +9,15 @@ fn main() {
         std::process::exit(1);
     }
     let cli = lunafs::cli::Cli::parse();
-    if let Err(e) = lunafs::cli::run(cli) {
-        eprintln!("lunafs: {e}");
-        let code = match e {
-            lunafs::Error::Usage(_) => 2,
-            _ => 1,
-        };
-        std::process::exit(code);
+    match lunafs::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("lunafs: {e}");
+            let code = match e {
+                lunafs::Error::Usage(_) => 2,
+                _ => 1,
+            };
+            std::process::exit(code);
+        }
     }
 }

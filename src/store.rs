@@ -56,6 +56,8 @@ impl Store {
         // committed batch is in the kernel's page cache and survives kill -9 of lunafs; fsync
         // syncs the WAL for power loss (see `sync`).
         opts.set_manual_wal_flush(false);
+        // Sequential file reads become sequential SST reads; let the kernel read ahead.
+        opts.set_advise_random_on_open(false);
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options(&cache)));
@@ -243,6 +245,50 @@ impl Store {
             }
             None => Ok(0),
         }
+    }
+
+    /// Every inode record, in number order, decoded (fsck).
+    pub fn scan_inodes(&self, mut f: impl FnMut(Ino, Result<Inode>)) -> Result<()> {
+        self.scan(Cf::Inodes, |k, v| match keys::decode_inode(k) {
+            Some(ino) => f(ino, Inode::decode(ino, v)),
+            None => f(0, Err(Error::Corrupt(format!("inode key {k:?}")))),
+        })
+    }
+
+    /// Every directory entry: parent, name and the decoded value (fsck).
+    pub fn scan_dentries(&self, mut f: impl FnMut(Ino, &[u8], Result<Dentry>)) -> Result<()> {
+        self.scan(Cf::Dentries, |k, v| match keys::decode_named(k) {
+            Some((parent, name)) => f(parent, name, Dentry::decode(v)),
+            None => f(0, k, Err(Error::Corrupt(format!("dentry key {k:?}")))),
+        })
+    }
+
+    /// Every chunk: inode, index and stored length, or the decode error (fsck).
+    pub fn scan_chunks(&self, mut f: impl FnMut(Ino, u64, Result<usize>)) -> Result<()> {
+        self.scan(Cf::Chunks, |k, v| match keys::decode_chunk(k) {
+            Some((ino, index)) => f(ino, index, decode_blob(v).map(|d| d.len())),
+            None => f(0, 0, Err(Error::Corrupt(format!("chunk key {k:?}")))),
+        })
+    }
+
+    /// The owning inode of every omap and xattr entry (fsck).
+    pub fn scan_attr_owners(&self, mut f: impl FnMut(Ino, &[u8])) -> Result<()> {
+        for cf in [Cf::Omap, Cf::Xattrs] {
+            self.scan(cf, |k, _| {
+                if let Some((ino, name)) = keys::decode_named(k) {
+                    f(ino, name);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, &v);
+        }
+        Ok(())
     }
 
     /// Makes every committed batch durable against power loss (fsync of the WAL).

@@ -2,8 +2,9 @@
 //! never stored. It is reachable by name from the root but not listed there, and nothing in it
 //! can be created, renamed or removed through the filesystem.
 //!
-//! For now it holds `version` (what this lunafs is and which store format it speaks); the
-//! class, topic and stats files of later issues join it here.
+//! It holds `version` (what this lunafs is and which store format it speaks) and `stats`
+//! (counters, see `fs::stats`); the class and topic files of later issues join it here.
+//! Files are generated at open and read with direct I/O, so their size shows as 0.
 
 use std::time::SystemTime;
 
@@ -16,6 +17,9 @@ use crate::store::schema::{CHUNK_SIZE, SCHEMA_VERSION};
 
 pub const DIR_INO: Ino = FIRST_VIRTUAL_INO;
 pub const VERSION_INO: Ino = FIRST_VIRTUAL_INO + 1;
+/// Request counters and store facts as JSON, generated at each open (by the adapter, which
+/// owns the counters).
+pub const STATS_INO: Ino = FIRST_VIRTUAL_INO + 2;
 
 pub struct Control {
     since: SystemTime,
@@ -45,7 +49,7 @@ impl Control {
     pub fn attr(&self, ino: Ino) -> Result<FileAttr> {
         let (kind, perm, nlink, size) = match ino {
             DIR_INO => (FileType::Directory, 0o555, 2, 0),
-            VERSION_INO => (FileType::RegularFile, 0o444, 1, self.version.len() as u64),
+            VERSION_INO | STATS_INO => (FileType::RegularFile, 0o444, 1, 0),
             _ => return Err(Error::NotFound(format!("control inode {ino}"))),
         };
         Ok(FileAttr {
@@ -70,6 +74,7 @@ impl Control {
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<FileAttr> {
         match (parent, name) {
             (DIR_INO, b"version") => self.attr(VERSION_INO),
+            (DIR_INO, b"stats") => self.attr(STATS_INO),
             _ => Err(Error::NotFound(String::from_utf8_lossy(name).into_owned())),
         }
     }
@@ -77,18 +82,28 @@ impl Control {
     /// Entries of a control directory (without `.` and `..`).
     pub fn entries(&self, ino: Ino) -> Result<Vec<(Ino, FileType, &'static [u8])>> {
         match ino {
-            DIR_INO => Ok(vec![(VERSION_INO, FileType::RegularFile, b"version")]),
+            DIR_INO => Ok(vec![
+                (STATS_INO, FileType::RegularFile, b"stats"),
+                (VERSION_INO, FileType::RegularFile, b"version"),
+            ]),
             _ => Err(Error::NotDir(format!("control inode {ino}"))),
         }
     }
 
-    pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let data = match ino {
-            VERSION_INO => &self.version,
-            _ => return Err(Error::IsDir(format!("control inode {ino}"))),
-        };
-        let start = (offset as usize).min(data.len());
-        let end = start.saturating_add(len as usize).min(data.len());
-        Ok(data[start..end].to_vec())
+    /// The contents of a static control file.
+    pub fn contents(&self, ino: Ino) -> Result<Vec<u8>> {
+        match ino {
+            VERSION_INO => Ok(self.version.clone()),
+            _ => Err(Error::IsDir(format!("control inode {ino}"))),
+        }
     }
+}
+
+/// The part of `data` a read of `len` bytes at `offset` returns.
+pub fn slice(data: &[u8], offset: u64, len: u32) -> &[u8] {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let end = start.saturating_add(len as usize).min(data.len());
+    &data[start..end]
 }

@@ -27,8 +27,8 @@ pub enum Handle {
         ino: Ino,
         listing: Mutex<Option<Arc<Vec<Listed>>>>,
     },
-    /// A file of the virtual `/.lunafs` tree.
-    Control { ino: Ino },
+    /// A file of the virtual `/.lunafs` tree, with its contents as of open.
+    Control { data: Vec<u8> },
 }
 
 pub struct Handles {

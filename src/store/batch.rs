@@ -110,6 +110,11 @@ impl<'a> Batch<'a> {
             .put_cf(self.store.cf(Cf::Orphans), keys::inode(ino), []);
     }
 
+    pub fn delete_orphan(&mut self, ino: Ino) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Orphans), keys::inode(ino));
+    }
+
     /// Deletes an inode and everything it owns: data, omap, xattrs, orphan record.
     pub fn purge_inode(&mut self, ino: Ino) {
         let s = self.store;

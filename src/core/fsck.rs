@@ -1,0 +1,324 @@
+//! `lunafs fsck`: an offline check of every invariant the store layout promises, and the
+//! repairs that are safe (they remove only what nothing can reach, or make counts and
+//! back-pointers agree with the directory entries, which are the source of truth).
+//!
+//! Invariants: the root exists and is a directory; every entry lives in an existing directory
+//! and names an existing inode of the kind it records; a file's nlink is its number of entries
+//! and a directory's is 2 + its subdirectories; a directory has one entry, and its `parent`
+//! and `bucket` agree with it; chunks belong to existing files and hold no byte past the size;
+//! omap/xattr entries belong to existing inodes; orphan records name unlinked inodes; the
+//! inode-number reservation is above every inode.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::ROOT;
+use crate::error::Result;
+use crate::store::codec::{Dentry, Inode, Kind};
+use crate::store::keys::Ino;
+use crate::store::schema::CHUNK_SIZE;
+use crate::store::Store;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub problem: String,
+    /// Whether `--repair` fixes it (and, if repairing, did).
+    pub repairable: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    pub inodes: usize,
+    pub entries: usize,
+    pub chunks: usize,
+    /// Inodes unlinked while open; the next mount purges them.
+    pub orphans: usize,
+    pub repaired: bool,
+}
+
+impl Report {
+    /// fsck(8) exit codes: 0 clean, 1 errors corrected, 4 errors left uncorrected.
+    pub fn exit_code(&self) -> i32 {
+        if self.findings.is_empty() {
+            0
+        } else if self.repaired && self.findings.iter().all(|f| f.repairable) {
+            1
+        } else {
+            4
+        }
+    }
+}
+
+#[derive(Default)]
+struct Scan {
+    report: Report,
+    inodes: HashMap<Ino, Inode>,
+    /// Entries naming each inode.
+    links: HashMap<Ino, u32>,
+    subdirs: HashMap<Ino, u32>,
+    dir_parents: HashMap<Ino, Vec<Ino>>,
+    // Repairs, applied in one batch.
+    drop_entries: Vec<(Ino, Vec<u8>)>,
+    fix_entries: Vec<(Ino, Vec<u8>, Dentry)>,
+    fix_inodes: BTreeMap<Ino, Inode>,
+    purge: BTreeSet<Ino>,
+    drop_chunks_from: BTreeMap<Ino, u64>,
+    trim_chunks: Vec<(Ino, u64, usize)>,
+    drop_orphans: Vec<Ino>,
+    reserve_above: Option<Ino>,
+}
+
+impl Scan {
+    fn find(&mut self, repairable: bool, problem: String) {
+        self.report.findings.push(Finding {
+            problem,
+            repairable,
+        });
+    }
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+/// Checks the store and, with `repair`, applies the safe repairs in one batch.
+pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
+    let mut s = Scan::default();
+    store.scan_inodes(|ino, r| match r {
+        Ok(inode) => {
+            s.inodes.insert(ino, inode);
+        }
+        Err(e) => s.find(false, format!("inode {ino}: {e}")),
+    })?;
+    s.report.inodes = s.inodes.len();
+    match s.inodes.get(&ROOT) {
+        None if s.inodes.is_empty() => return Ok(s.report), // never initialized: nothing to check
+        None => s.find(false, "the root inode is missing".into()),
+        Some(r) if r.kind != Kind::Dir => s.find(false, "the root inode is not a directory".into()),
+        Some(_) => {}
+    }
+    check_entries(store, &mut s)?;
+    check_inodes(store, &mut s)?;
+    check_chunks(store, &mut s)?;
+    store.scan_attr_owners(|ino, name| {
+        if !s.inodes.contains_key(&ino) && s.purge.insert(ino) {
+            s.find(
+                true,
+                format!("attribute {} of missing inode {ino}", show(name)),
+            );
+        }
+    })?;
+    let max = s.inodes.keys().max().copied().unwrap_or(ROOT);
+    if store.ino_reserved()? <= max && store.ino_reserved()? != 0 {
+        s.reserve_above = Some(max);
+        s.find(
+            true,
+            format!("inode-number reservation is not above inode {max}"),
+        );
+    }
+    if repair && !s.report.findings.is_empty() {
+        apply(store, &mut s)?;
+        s.report.repaired = true;
+    }
+    Ok(s.report)
+}
+
+fn check_entries(store: &Store, s: &mut Scan) -> Result<()> {
+    let mut entries = Vec::new();
+    store.scan_dentries(|parent, name, r| entries.push((parent, name.to_vec(), r)))?;
+    s.report.entries = entries.len();
+    for (parent, name, r) in entries {
+        let at = format!("entry {:?} in directory {parent}", show(&name));
+        let d = match r {
+            Ok(d) => d,
+            Err(e) => {
+                s.find(true, format!("{at}: {e}"));
+                s.drop_entries.push((parent, name));
+                continue;
+            }
+        };
+        if !matches!(s.inodes.get(&parent), Some(p) if p.kind == Kind::Dir) {
+            s.find(true, format!("{at}: the directory does not exist"));
+            s.drop_entries.push((parent, name));
+            continue;
+        }
+        let Some(child_kind) = s.inodes.get(&d.ino).map(|i| i.kind) else {
+            s.find(true, format!("{at}: points to missing inode {}", d.ino));
+            s.drop_entries.push((parent, name));
+            continue;
+        };
+        if child_kind != d.kind {
+            let kind = child_kind;
+            s.find(
+                true,
+                format!(
+                    "{at}: records kind {:?}, inode {} is {kind:?}",
+                    d.kind, d.ino
+                ),
+            );
+            s.fix_entries
+                .push((parent, name.clone(), Dentry { ino: d.ino, kind }));
+        }
+        if crate::core::Name::new(&name).is_err() {
+            s.find(false, format!("{at}: invalid name"));
+        }
+        if parent == ROOT && child_kind != Kind::Dir {
+            s.find(false, format!("{at}: a non-directory at the root"));
+        }
+        *s.links.entry(d.ino).or_insert(0) += 1;
+        if child_kind == Kind::Dir {
+            *s.subdirs.entry(parent).or_insert(0) += 1;
+            s.dir_parents.entry(d.ino).or_default().push(parent);
+        }
+    }
+    Ok(())
+}
+
+fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
+    let orphans: BTreeSet<Ino> = store.orphans()?.into_iter().collect();
+    s.report.orphans = orphans.len();
+    let mut inos: Vec<Ino> = s.inodes.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        let inode = s.inodes[&ino].clone();
+        let mut fixed = inode.clone();
+        if inode.kind == Kind::Dir {
+            fixed.nlink = 2 + s.subdirs.get(&ino).copied().unwrap_or(0);
+            if ino != ROOT {
+                match s.dir_parents.get(&ino).map(Vec::as_slice) {
+                    None | Some([]) => {
+                        s.find(
+                            false,
+                            format!("directory {ino} is not reachable from the root"),
+                        );
+                        continue;
+                    }
+                    Some([p]) => {
+                        fixed.parent = *p;
+                        fixed.bucket = if *p == ROOT { ino } else { s.inodes[p].bucket };
+                    }
+                    Some(many) => {
+                        s.find(false, format!("directory {ino} has {} entries", many.len()));
+                        continue;
+                    }
+                }
+            }
+        } else {
+            fixed.nlink = s.links.get(&ino).copied().unwrap_or(0);
+            if fixed.nlink == 0 {
+                if inode.nlink == 0 && orphans.contains(&ino) {
+                    continue; // unlinked while open: purged at the next mount
+                }
+                s.find(
+                    true,
+                    format!("inode {ino} has no entries and no orphan record"),
+                );
+                s.purge.insert(ino);
+                continue;
+            }
+        }
+        if fixed.nlink != inode.nlink {
+            s.find(
+                true,
+                format!(
+                    "inode {ino}: nlink {} should be {}",
+                    inode.nlink, fixed.nlink
+                ),
+            );
+        }
+        if fixed.parent != inode.parent || fixed.bucket != inode.bucket {
+            s.find(
+                true,
+                format!("directory {ino}: parent/bucket disagree with its entry"),
+            );
+        }
+        if fixed != inode {
+            s.fix_inodes.insert(ino, fixed);
+        }
+    }
+    for ino in orphans {
+        match s.inodes.get(&ino) {
+            Some(i) if i.nlink == 0 => {}
+            _ => {
+                s.find(
+                    true,
+                    format!("orphan record for inode {ino}, which is not unlinked"),
+                );
+                s.drop_orphans.push(ino);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_chunks(store: &Store, s: &mut Scan) -> Result<()> {
+    let mut chunks = Vec::new();
+    store.scan_chunks(|ino, index, r| chunks.push((ino, index, r)))?;
+    s.report.chunks = chunks.len();
+    for (ino, index, r) in chunks {
+        let size = match s.inodes.get(&ino) {
+            Some(i) if i.kind == Kind::File => i.size,
+            _ => {
+                if s.purge.insert(ino) {
+                    s.find(true, format!("data chunks of missing inode {ino}"));
+                }
+                continue;
+            }
+        };
+        let len = match r {
+            Ok(len) => len as u64,
+            Err(e) => {
+                s.find(false, format!("inode {ino} chunk {index}: {e}"));
+                continue;
+            }
+        };
+        let base = index * CHUNK_SIZE;
+        if base >= size && !s.drop_chunks_from.contains_key(&ino) {
+            s.find(
+                true,
+                format!("inode {ino}: chunk {index} lies past the size {size}"),
+            );
+            s.drop_chunks_from.insert(ino, index);
+        } else if base < size && base + len > size {
+            s.find(
+                true,
+                format!("inode {ino}: chunk {index} holds bytes past the size {size}"),
+            );
+            s.trim_chunks.push((ino, index, (size - base) as usize));
+        }
+    }
+    Ok(())
+}
+
+fn apply(store: &Store, s: &mut Scan) -> Result<()> {
+    let mut batch = store.batch();
+    for (parent, name) in &s.drop_entries {
+        batch.delete_dentry(*parent, name);
+    }
+    for (parent, name, d) in &s.fix_entries {
+        batch.put_dentry(*parent, name, *d);
+    }
+    for inode in s.fix_inodes.values() {
+        batch.put_inode(inode);
+    }
+    for (&ino, &from) in &s.drop_chunks_from {
+        batch.delete_chunks_from(ino, from);
+    }
+    for &(ino, index, keep) in &s.trim_chunks {
+        if let Some(Some(mut data)) = store.chunks(ino, index, index)?.pop() {
+            data.truncate(keep);
+            batch.put_chunk(ino, index, &data);
+        }
+    }
+    for &ino in &s.drop_orphans {
+        batch.delete_orphan(ino);
+    }
+    for &ino in &s.purge {
+        batch.purge_inode(ino);
+    }
+    if let Some(max) = s.reserve_above {
+        batch.put_ino_reserved(max + 1);
+    }
+    batch.commit()?;
+    store.sync()
+}
