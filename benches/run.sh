@@ -5,12 +5,13 @@
 #
 #   benches/run.sh [--quick]      (--quick: 2,000 files and a 256 MiB sequential file)
 #   LUNAFS_OPTS=no_writeback_cache benches/run.sh     (mount options for lunafs, to compare)
+#   ROUNDS=5 benches/run.sh       (rounds per target, default 3; the table shows the median)
 #
 # Needs root (tmpfs mount, drop_caches), fuse3, bindfs, fio, python3 (contrib/install-deps.sh).
 # Everything lives under $BENCH_DIR (default /var/tmp/lunafs-bench) and is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FILES=10000; SEQ_MB=1024; XATTRS=10000
+FILES=10000; SEQ_MB=1024; XATTRS=10000; ROUNDS=${ROUNDS:-3}
 if [ "${1:-}" = "--quick" ]; then FILES=2000; SEQ_MB=256; XATTRS=2000; fi
 BASE=${BENCH_DIR:-/var/tmp/lunafs-bench}
 BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
@@ -43,12 +44,13 @@ declare -A R
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
-timed() { # name target cmd...
+timed() { # name target cmd...   (appends this round's seconds to R[name,target])
   local name=$1 t=$2; shift 2
   drop
   local s; s=$(now); "$@" >/dev/null; local e; e=$(now)
-  R[$name,$t]=$(python3 -c "print(f'{$e-$s:.3f}')")
+  R[$name,$t]+=" $(python3 -c "print(f'{$e-$s:.3f}')")"
 }
+median() { python3 -c "import statistics,sys; m = statistics.median(float(x) for x in sys.argv[1:]); print(f'{m:.0f}' if m >= 100 else f'{m:.3f}')" $1; }
 
 py() { python3 - "$@"; }
 mkfiles() { py "$1" "$FILES" <<'PY'
@@ -94,6 +96,7 @@ fio_iops() { # dir rw
     awk -F';' -v rw="$2" '{ print (rw == "randread") ? $8 : $49 }'
 }
 
+for round in $(seq "$ROUNDS"); do
 for t in "${ORDER[@]}"; do
   d=${DIRS[$t]}
   timed create "$t" mkfiles "$d"
@@ -107,18 +110,24 @@ for t in "${ORDER[@]}"; do
   timed untar "$t" tar -C "$d" -xf "$BASE/tar/src.tar"
   timed rmrf "$t" rm -rf "$d/$(basename "$SRC")"
   timed xattr "$t" xattrs "$d"
-  drop; R[randwrite,$t]=$(fio_iops "$d" randwrite)
-  drop; R[randread,$t]=$(fio_iops "$d" randread)
+  rm -rf "$d/x" "$d/small"
+  drop; R[randwrite,$t]+=" $(fio_iops "$d" randwrite)"
+  drop; R[randread,$t]+=" $(fio_iops "$d" randread)"
   rm -f "$d/fio.dat"
+done
 done
 
 echo
+echo "Median of $ROUNDS rounds. lunafs options: ${LUNAFS_OPTS:-defaults}."
+echo
 echo "| workload | lunafs | bindfs | ext4 | tmpfs | lunafs/bindfs |"
 echo "|---|---|---|---|---|---|"
-row() { # key label unit
-  local k=$1 label=$2
-  local ratio; ratio=$(python3 -c "a,b=float('${R[$k,lunafs]}'),float('${R[$k,bindfs]}'); print(f'{a/b:.2f}' if b else '-')")
-  echo "| $label | ${R[$k,lunafs]} | ${R[$k,bindfs]} | ${R[$k,ext4]} | ${R[$k,tmpfs]} | $ratio |"
+row() { # key label
+  local k=$1 label=$2 t
+  declare -A M
+  for t in "${ORDER[@]}"; do M[$t]=$(median "${R[$k,$t]}"); done
+  local ratio; ratio=$(python3 -c "a,b=${M[lunafs]},${M[bindfs]}; print(f'{a/b:.2f}' if b else '-')")
+  echo "| $label | ${M[lunafs]} | ${M[bindfs]} | ${M[ext4]} | ${M[tmpfs]} | $ratio |"
 }
 row create "create+write $FILES x 4 KiB in 10 dirs (s)"
 row stat "stat $FILES files (s)"

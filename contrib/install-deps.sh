@@ -9,6 +9,8 @@ PKGS=(
   attr rsync git tar diffutils python3 coreutils   # the tools the tests drive
   nats-server                 # notification tests
   bindfs fio                  # benchmarks (FUSE passthrough baseline, IOPS)
+  systemd                     # systemd-analyze, to verify the unit file
+  util-linux mount            # mount(8), umount(8), mountpoint(1)
 )
 missing=()
 for p in "${PKGS[@]}"; do
