@@ -19,6 +19,7 @@ fn fsynced_and_closed_data_survives_kill_9() {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         let mut f = OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .open(&p)
             .unwrap();
@@ -32,6 +33,7 @@ fn fsynced_and_closed_data_survives_kill_9() {
     // A file still open and fsynced mid-way.
     let mut open = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(b.join("open"))
         .unwrap();
@@ -71,6 +73,7 @@ fn unmount_with_open_files_is_clean() {
     let b = t.bucket("b");
     let mut f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(b.join("f"))
         .unwrap();

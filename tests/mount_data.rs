@@ -88,6 +88,7 @@ fn sparse_file_of_5_gib_reads_back_past_4_gib() {
     let b = t.bucket("b");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(b.join("big"))
@@ -220,6 +221,7 @@ fn random_writes_truncates_and_reads_match_a_model() {
             ));
             let f = OpenOptions::new()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&path)

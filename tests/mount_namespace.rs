@@ -291,12 +291,10 @@ fn permissions_are_enforced_for_other_users() {
     fs::set_permissions(b.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
     let nobody = 65534;
     let probe = |path: &Path, mode: &str| {
-        let code = format!(
-            "import sys\ntry:\n open(sys.argv[1], sys.argv[2]).close(); print(0)\nexcept OSError as e:\n print(e.errno)"
-        );
+        let code = "import sys\ntry:\n open(sys.argv[1], sys.argv[2]).close(); print(0)\nexcept OSError as e:\n print(e.errno)";
         let out = run_as(
             nobody,
-            &["python3", "-c", &code, path.to_str().unwrap(), mode],
+            &["/usr/bin/python3", "-c", code, path.to_str().unwrap(), mode],
         );
         String::from_utf8_lossy(&out.stdout)
             .trim()

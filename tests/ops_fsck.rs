@@ -116,7 +116,7 @@ fn fsck_of_a_store_killed_under_load_is_clean() {
                         vec![i as u8; 20_000 + i as usize],
                     );
                     let _ = fs::rename(dir.join(format!("f{i}")), dir.join(format!("r{}", i % 50)));
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let _ = fs::remove_file(dir.join(format!("r{}", (i + 7) % 50)));
                     }
                     i += 1;

@@ -16,6 +16,12 @@ pub struct Held<'a> {
     _guards: Vec<MutexGuard<'a, ()>>,
 }
 
+impl Default for Locks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Locks {
     pub fn new() -> Self {
         Locks {

@@ -36,6 +36,12 @@ pub struct Handles {
     open: Mutex<HashMap<u64, Arc<Handle>>>,
 }
 
+impl Default for Handles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Handles {
     pub fn new() -> Self {
         Handles {

@@ -79,6 +79,12 @@ pub struct Stats {
     bytes_written: AtomicU64,
 }
 
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Stats {
     pub fn new() -> Self {
         Stats {
