@@ -19,7 +19,7 @@ use rocksdb::{
 pub use batch::Batch;
 use codec::{decode_blob, Dentry, Inode};
 use keys::Ino;
-use schema::{Cf, SCHEMA_VERSION};
+use schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
 
 use crate::error::{Error, Result};
 
@@ -78,7 +78,15 @@ impl Store {
         match self.db.get_cf(self.cf(Cf::Meta), keys::META_SCHEMA)? {
             None if self.max_ino()? == 0 => Ok(()), // created, not yet initialized
             None => Err(not_ours("no lunafs schema record".into())),
-            Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => Ok(()),
+            Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => {
+                match self.db.get_cf(self.cf(Cf::Meta), keys::META_CHUNK_SIZE)? {
+                    Some(c) if c.as_slice() == CHUNK_SIZE.to_be_bytes() => Ok(()),
+                    other => Err(not_ours(format!(
+                        "it was created with chunk size {:?}, this lunafs uses {CHUNK_SIZE}",
+                        other.and_then(|c| keys::decode_inode(&c))
+                    ))),
+                }
+            }
             Some(v) => Err(not_ours(format!(
                 "schema version {v:?} is not the supported {SCHEMA_VERSION}"
             ))),
@@ -360,5 +368,35 @@ fn open_error(path: &Path, e: rocksdb::Error) -> Error {
         }
     } else {
         Error::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_made_with_another_chunk_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        {
+            let store = Store::open(&path).unwrap();
+            let mut batch = store.batch();
+            batch.put_schema();
+            batch.commit().unwrap();
+            // As a build with 1 MiB chunks would have written it.
+            let meta = store.cf(Cf::Meta);
+            store
+                .db
+                .put_cf(meta, keys::META_CHUNK_SIZE, (1u64 << 20).to_be_bytes())
+                .unwrap();
+        }
+        let err = Store::open(&path)
+            .err()
+            .expect("a foreign chunk size must be refused");
+        assert!(
+            err.to_string().contains("chunk size Some(1048576)"),
+            "{err}"
+        );
     }
 }

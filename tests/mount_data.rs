@@ -190,11 +190,11 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    // Offsets cluster around chunk boundaries (64 KiB) to hit partial chunks.
+    // Offsets cluster around chunk boundaries (16 KiB) to hit partial chunks.
     let off = prop_oneof![
         0u64..300_000,
-        (0u64..5).prop_map(|c| c * 65_536),
-        (1u64..5).prop_map(|c| c * 65_536 - 3)
+        (0u64..20).prop_map(|c| c * 16_384),
+        (1u64..20).prop_map(|c| c * 16_384 - 3)
     ];
     prop_oneof![
         4 => (off.clone(), prop::collection::vec(any::<u8>(), 1..140_000)).prop_map(|(o, d)| Op::Write(o, d)),

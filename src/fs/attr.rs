@@ -4,7 +4,8 @@
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::store::codec::{Inode, Kind};
-use crate::store::schema::CHUNK_SIZE;
+/// st_blksize: 128 KiB, eight chunks per request.
+const PREFERRED_IO_SIZE: u32 = 128 * 1024;
 
 pub fn file_type(kind: Kind) -> FileType {
     match kind {
@@ -31,8 +32,8 @@ pub fn file_attr(inode: &Inode) -> FileAttr {
         uid: inode.uid,
         gid: inode.gid,
         rdev: inode.rdev,
-        // Tools size their I/O buffers by st_blksize; one chunk per request is our sweet spot.
-        blksize: CHUNK_SIZE as u32,
+        // Tools size their I/O buffers by st_blksize: large requests mean few FUSE round trips.
+        blksize: PREFERRED_IO_SIZE,
         flags: 0,
     }
 }

@@ -6,7 +6,7 @@ use rocksdb::WriteBatch;
 
 use super::codec::{encode_blob, Dentry, Inode};
 use super::keys::{self, Ino};
-use super::schema::{Cf, SCHEMA_VERSION};
+use super::schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
 use super::Store;
 use crate::error::Result;
 
@@ -23,13 +23,13 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Marks the store as initialized with this release's format.
+    /// Marks the store as initialized with this release's format and chunk size.
     pub fn put_schema(&mut self) {
-        self.wb.put_cf(
-            self.store.cf(Cf::Meta),
-            keys::META_SCHEMA,
-            SCHEMA_VERSION.to_be_bytes(),
-        );
+        let meta = self.store.cf(Cf::Meta);
+        self.wb
+            .put_cf(meta, keys::META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+        self.wb
+            .put_cf(meta, keys::META_CHUNK_SIZE, CHUNK_SIZE.to_be_bytes());
     }
 
     pub fn put_ino_reserved(&mut self, below: Ino) {

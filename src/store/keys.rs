@@ -59,6 +59,9 @@ pub fn decode_chunk(key: &[u8]) -> Option<(Ino, u64)> {
 /// `meta`: the schema version record.
 pub const META_SCHEMA: &[u8] = b"schema_version";
 
+/// `meta`: the chunk size the store was created with.
+pub const META_CHUNK_SIZE: &[u8] = b"chunk_size";
+
 /// `meta`: every inode number below this value may have been handed out (a high-water mark
 /// reserved ahead of use, so numbers are never reused after a restart).
 pub const META_INO_RESERVED: &[u8] = b"ino_reserved";
