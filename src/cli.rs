@@ -83,6 +83,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             config.apply_options(&all)?;
             check_mountpoint(&config.mountpoint)?;
             if foreground {
+                // Before any thread starts, so only the signal thread ever sees them.
+                crate::telemetry::block_termination_signals()?;
                 crate::telemetry::init(level.as_deref())?;
                 mount_foreground(&config)?;
             } else {
@@ -101,6 +103,12 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 fn check_mountpoint(mp: &Path) -> Result<()> {
+    // A dead FUSE mount, left by a lunafs that was killed, answers statfs with ENOTCONN
+    // (stat may still be served from the kernel's cache): detach it, as remounting after any
+    // crash must work.
+    if let Err(nix::errno::Errno::ENOTCONN) = nix::sys::statfs::statfs(mp) {
+        Command::new("fusermount3").arg("-uz").arg(mp).status().ok();
+    }
     let meta =
         fs::metadata(mp).map_err(|e| Error::io(format!("mountpoint {}", mp.display()), e))?;
     if !meta.is_dir() {

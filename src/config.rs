@@ -98,20 +98,32 @@ impl MountConfig {
                 | "x-systemd.automount",
                 None,
             ) => {}
-            ("suid", None) => self.flags.push(MountOption::Suid),
-            ("nosuid", None) => self.flags.push(MountOption::NoSuid),
-            ("dev", None) => self.flags.push(MountOption::Dev),
-            ("nodev", None) => self.flags.push(MountOption::NoDev),
-            ("exec", None) => self.flags.push(MountOption::Exec),
-            ("noexec", None) => self.flags.push(MountOption::NoExec),
-            ("atime", None) => self.flags.push(MountOption::Atime),
-            ("noatime", None) => self.flags.push(MountOption::NoAtime),
-            ("sync", None) => self.flags.push(MountOption::Sync),
-            ("async", None) => self.flags.push(MountOption::Async),
+            ("suid", None) => self.flag(MountOption::Suid, MountOption::NoSuid),
+            ("nosuid", None) => self.flag(MountOption::NoSuid, MountOption::Suid),
+            ("dev", None) => self.flag(MountOption::Dev, MountOption::NoDev),
+            ("nodev", None) => self.flag(MountOption::NoDev, MountOption::Dev),
+            ("exec", None) => self.flag(MountOption::Exec, MountOption::NoExec),
+            ("noexec", None) => self.flag(MountOption::NoExec, MountOption::Exec),
+            ("atime", None) => self.flag(MountOption::Atime, MountOption::NoAtime),
+            ("noatime", None) => self.flag(MountOption::NoAtime, MountOption::Atime),
+            ("sync", None) => self.flag(MountOption::Sync, MountOption::Async),
+            ("async", None) => self.flag(MountOption::Async, MountOption::Sync),
+            ("noallow_other", None) => self.allow_other = false,
+            ("noallow_root", None) => self.allow_root = false,
+            // What mount(8)/libmount add on their own; atime flavours map to relatime, which
+            // lunafs always does (see README).
+            ("relatime" | "strictatime" | "lazytime" | "nodiratime" | "diratime", None) => {}
+            ("user" | "comment", Some(_)) => {}
             (k, _) if k.starts_with("x-") => {} // fstab comments for other tools
             _ => return Err(bad("unknown option (see the README's configuration table)")),
         }
         Ok(())
+    }
+
+    /// Sets a kernel flag, replacing an earlier setting of it or its opposite (later wins).
+    fn flag(&mut self, on: MountOption, opposite: MountOption) {
+        self.flags.retain(|f| *f != on && *f != opposite);
+        self.flags.push(on);
     }
 
     pub fn fuser_config(&self) -> fuser::Config {
@@ -211,7 +223,8 @@ fn option_of(key: &str, value: &toml::Value) -> std::result::Result<String, Stri
         toml::Value::Boolean(false) => match name {
             "ro" => "rw".into(),
             "writeback_cache" => "no_writeback_cache".into(),
-            "allow_other" | "allow_root" => String::new(), // off is the default
+            "allow_other" => "noallow_other".into(),
+            "allow_root" => "noallow_root".into(),
             _ => return Err(format!("[mount] {key} = false is not a setting")),
         },
         toml::Value::Integer(n) => format!("{name}={n}"),
@@ -238,6 +251,13 @@ mod tests {
         assert_eq!(c.attr_timeout, Duration::from_millis(2500));
         assert_eq!(c.threads, 8);
         assert_eq!(c.flags, vec![MountOption::NoAtime]);
+    }
+
+    #[test]
+    fn later_options_win_over_earlier_ones() {
+        let c = parse("noatime,allow_other,ro,atime,noallow_other,rw").unwrap();
+        assert_eq!(c.flags, vec![MountOption::Atime]);
+        assert!(!c.allow_other && !c.read_only);
     }
 
     #[test]

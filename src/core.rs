@@ -109,7 +109,11 @@ impl Core {
         if !orphans.is_empty() {
             let mut batch = store.batch();
             for &ino in &orphans {
-                batch.purge_inode(ino);
+                match store.inode(ino) {
+                    // Relinked since (or damage): keep the inode, drop the stale record.
+                    Ok(Some(inode)) if inode.nlink > 0 => batch.delete_orphan(ino),
+                    _ => batch.purge_inode(ino),
+                }
             }
             batch.commit()?;
             tracing::info!(count = orphans.len(), "purged inodes unlinked while open");

@@ -899,6 +899,11 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     std::thread::Builder::new()
         .name("ready".into())
         .spawn(move || match std::fs::metadata(&mountpoint) {
+            // Our root is inode 1; anything else is the directory underneath, because a
+            // SIGTERM unmounted us first: then there is nothing to announce.
+            Ok(meta) if meta.ino() != ROOT => {
+                debug!("unmounted before the mount answered; not signalling readiness")
+            }
             Ok(meta) => {
                 raise_readahead(meta.dev());
                 tracing::info!(store = %store_path, mountpoint = %mountpoint.display(), "mounted");

@@ -1,13 +1,9 @@
-//! The `lunafs` binary: blocks termination signals (so only the signal thread sees them),
-//! parses the command line and reports errors as one line on stderr.
+//! The `lunafs` binary: parses the command line, runs it, and reports errors as one line on
+//! stderr.
 
 use clap::Parser;
 
 fn main() {
-    if let Err(e) = lunafs::telemetry::block_termination_signals() {
-        eprintln!("lunafs: {e}");
-        std::process::exit(1);
-    }
     let cli = lunafs::cli::Cli::parse();
     match lunafs::cli::run(cli) {
         Ok(code) => std::process::exit(code),

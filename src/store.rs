@@ -334,6 +334,14 @@ impl Store {
             .sum()
     }
 
+    /// Writes raw bytes, for tests that inject damage no `Batch` method can produce.
+    #[cfg(test)]
+    pub(crate) fn put_raw(&self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.db
+            .put_cf(self.cf(cf), key, value)
+            .expect("test store accepts raw writes");
+    }
+
     pub(crate) fn write(&self, wb: rocksdb::WriteBatch) -> Result<()> {
         Ok(self.db.write(wb)?)
     }

@@ -31,7 +31,7 @@ fn termination_signals() -> SigSet {
 }
 
 /// Blocks SIGTERM/SIGINT/SIGHUP in this thread and every thread it starts later, so that
-/// only the waiter of `on_termination` receives them. Call first thing in main.
+/// only the waiter of `on_termination` receives them. Call before starting any thread.
 pub fn block_termination_signals() -> Result<()> {
     termination_signals()
         .thread_block()

@@ -219,3 +219,43 @@ fn bad_config_file_or_option_gives_one_clear_message_and_mounts_nothing() {
     fs::create_dir(mnt.join("x")).unwrap();
     sh(&format!("{LUNAFS} umount {}", mnt.display()));
 }
+
+#[test]
+fn mount_after_kill_9_works_on_the_dead_mountpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = Command::new(LUNAFS)
+        .args([
+            "mount",
+            store.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--foreground",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !is_mounted(&mnt) {
+        assert!(Instant::now() < deadline, "no mount");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fs::create_dir(mnt.join("b")).unwrap();
+    fs::write(mnt.join("b/f"), b"before the crash").unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The mountpoint is a dead FUSE mount now (statfs answers ENOTCONN); mounting again
+    // must still work, at once.
+    assert_eq!(
+        nix::sys::statfs::statfs(&mnt).unwrap_err(),
+        nix::errno::Errno::ENOTCONN
+    );
+    sh(&format!(
+        "{LUNAFS} mount {} {}",
+        store.display(),
+        mnt.display()
+    ));
+    assert_eq!(fs::read(mnt.join("b/f")).unwrap(), b"before the crash");
+    sh(&format!("{LUNAFS} umount {}", mnt.display()));
+}

@@ -3,11 +3,16 @@
 //! back-pointers agree with the directory entries, which are the source of truth).
 //!
 //! Invariants: the root exists and is a directory; every entry lives in an existing directory
-//! and names an existing inode of the kind it records; a file's nlink is its number of entries
-//! and a directory's is 2 + its subdirectories; a directory has one entry, and its `parent`
-//! and `bucket` agree with it; chunks belong to existing files and hold no byte past the size;
+//! and names an existing inode of the kind it records; every inode is reachable from the root;
+//! a file's nlink is its number of entries and a directory's is 2 + its subdirectories; a
+//! directory has one entry, and its `parent` and `bucket` agree with it; a file's `bucket` is
+//! that of its directories; chunks belong to existing files and hold no byte past the size;
 //! omap/xattr entries belong to existing inodes; orphan records name unlinked inodes; the
 //! inode-number reservation is above every inode.
+//!
+//! An inode record that exists but cannot be decoded is damage fsck cannot repair; nothing
+//! that refers to it (entries, data, attributes) is touched, and without a sound root no
+//! repair is made at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -53,6 +58,10 @@ impl Report {
 struct Scan {
     report: Report,
     inodes: HashMap<Ino, Inode>,
+    /// Records that exist but do not decode: never treated as missing.
+    damaged: BTreeSet<Ino>,
+    /// Entries by directory: (child, kind recorded by the inode).
+    children: HashMap<Ino, Vec<Ino>>,
     /// Entries naming each inode.
     links: HashMap<Ino, u32>,
     subdirs: HashMap<Ino, u32>,
@@ -88,20 +97,32 @@ pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
         Ok(inode) => {
             s.inodes.insert(ino, inode);
         }
-        Err(e) => s.find(false, format!("inode {ino}: {e}")),
+        Err(e) => {
+            s.damaged.insert(ino);
+            s.find(false, format!("inode {ino}: {e}"));
+        }
     })?;
-    s.report.inodes = s.inodes.len();
-    match s.inodes.get(&ROOT) {
-        None if s.inodes.is_empty() => return Ok(s.report), // never initialized: nothing to check
-        None => s.find(false, "the root inode is missing".into()),
-        Some(r) if r.kind != Kind::Dir => s.find(false, "the root inode is not a directory".into()),
-        Some(_) => {}
+    s.report.inodes = s.inodes.len() + s.damaged.len();
+    let root_problem = match s.inodes.get(&ROOT) {
+        None if s.report.inodes == 0 => return Ok(s.report), // never initialized
+        None if s.damaged.contains(&ROOT) => Some("the root inode is damaged"),
+        None => Some("the root inode is missing"),
+        Some(r) if r.kind != Kind::Dir => Some("the root inode is not a directory"),
+        Some(_) => None,
+    };
+    if let Some(problem) = root_problem {
+        // Everything hangs off the root: no other verdict is safe to act on.
+        s.find(
+            false,
+            format!("{problem}; nothing else is checked or repaired"),
+        );
+        return Ok(s.report);
     }
     check_entries(store, &mut s)?;
     check_inodes(store, &mut s)?;
     check_chunks(store, &mut s)?;
     store.scan_attr_owners(|ino, name| {
-        if !s.inodes.contains_key(&ino) && s.purge.insert(ino) {
+        if !s.inodes.contains_key(&ino) && !s.damaged.contains(&ino) && s.purge.insert(ino) {
             s.find(
                 true,
                 format!("attribute {} of missing inode {ino}", show(name)),
@@ -137,6 +158,16 @@ fn check_entries(store: &Store, s: &mut Scan) -> Result<()> {
                 continue;
             }
         };
+        if d.ino == ROOT {
+            s.find(true, format!("{at}: names the root"));
+            s.drop_entries.push((parent, name));
+            continue;
+        }
+        if s.damaged.contains(&parent) || s.damaged.contains(&d.ino) {
+            // Cannot be judged; keep it, and count it so its target is not purged.
+            *s.links.entry(d.ino).or_insert(0) += 1;
+            continue;
+        }
         if !matches!(s.inodes.get(&parent), Some(p) if p.kind == Kind::Dir) {
             s.find(true, format!("{at}: the directory does not exist"));
             s.drop_entries.push((parent, name));
@@ -166,6 +197,7 @@ fn check_entries(store: &Store, s: &mut Scan) -> Result<()> {
             s.find(false, format!("{at}: a non-directory at the root"));
         }
         *s.links.entry(d.ino).or_insert(0) += 1;
+        s.children.entry(parent).or_default().push(d.ino);
         if child_kind == Kind::Dir {
             *s.subdirs.entry(parent).or_insert(0) += 1;
             s.dir_parents.entry(d.ino).or_default().push(parent);
@@ -174,14 +206,54 @@ fn check_entries(store: &Store, s: &mut Scan) -> Result<()> {
     Ok(())
 }
 
+/// Walks the tree from the root: the bucket of every reachable inode, and the inodes whose
+/// entries sit in more than one bucket.
+fn walk(s: &Scan) -> (HashMap<Ino, Ino>, BTreeSet<Ino>) {
+    let mut bucket_of = HashMap::from([(ROOT, 0)]);
+    let mut split = BTreeSet::new();
+    let mut queue = vec![ROOT];
+    while let Some(dir) = queue.pop() {
+        let here = bucket_of[&dir];
+        for &child in s.children.get(&dir).map(Vec::as_slice).unwrap_or(&[]) {
+            let bucket = if dir == ROOT { child } else { here };
+            match bucket_of.get(&child) {
+                Some(&seen) if seen != bucket => {
+                    split.insert(child);
+                }
+                Some(_) => {}
+                None => {
+                    bucket_of.insert(child, bucket);
+                    if s.inodes.get(&child).is_some_and(|i| i.kind == Kind::Dir) {
+                        queue.push(child);
+                    }
+                }
+            }
+        }
+    }
+    (bucket_of, split)
+}
+
 fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
     let orphans: BTreeSet<Ino> = store.orphans()?.into_iter().collect();
     s.report.orphans = orphans.len();
+    let (bucket_of, split) = walk(s);
     let mut inos: Vec<Ino> = s.inodes.keys().copied().collect();
     inos.sort_unstable();
     for ino in inos {
         let inode = s.inodes[&ino].clone();
+        let links = s.links.get(&ino).copied().unwrap_or(0);
         let mut fixed = inode.clone();
+        if ino != ROOT && links > 0 && !bucket_of.contains_key(&ino) {
+            s.find(false, format!("inode {ino} is not reachable from the root"));
+            continue;
+        }
+        if split.contains(&ino) {
+            s.find(
+                false,
+                format!("inode {ino} has entries in more than one bucket"),
+            );
+            continue;
+        }
         if inode.kind == Kind::Dir {
             fixed.nlink = 2 + s.subdirs.get(&ino).copied().unwrap_or(0);
             if ino != ROOT {
@@ -195,7 +267,7 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
                     }
                     Some([p]) => {
                         fixed.parent = *p;
-                        fixed.bucket = if *p == ROOT { ino } else { s.inodes[p].bucket };
+                        fixed.bucket = bucket_of[&ino];
                     }
                     Some(many) => {
                         s.find(false, format!("directory {ino} has {} entries", many.len()));
@@ -204,8 +276,8 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
                 }
             }
         } else {
-            fixed.nlink = s.links.get(&ino).copied().unwrap_or(0);
-            if fixed.nlink == 0 {
+            fixed.nlink = links;
+            if links == 0 {
                 if inode.nlink == 0 && orphans.contains(&ino) {
                     continue; // unlinked while open: purged at the next mount
                 }
@@ -216,6 +288,7 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
                 s.purge.insert(ino);
                 continue;
             }
+            fixed.bucket = bucket_of[&ino];
         }
         if fixed.nlink != inode.nlink {
             s.find(
@@ -229,7 +302,7 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
         if fixed.parent != inode.parent || fixed.bucket != inode.bucket {
             s.find(
                 true,
-                format!("directory {ino}: parent/bucket disagree with its entry"),
+                format!("inode {ino}: parent/bucket disagree with its entries"),
             );
         }
         if fixed != inode {
@@ -237,15 +310,17 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
         }
     }
     for ino in orphans {
-        match s.inodes.get(&ino) {
-            Some(i) if i.nlink == 0 => {}
-            _ => {
-                s.find(
-                    true,
-                    format!("orphan record for inode {ino}, which is not unlinked"),
-                );
-                s.drop_orphans.push(ino);
-            }
+        let has_entries = s.links.get(&ino).copied().unwrap_or(0) > 0;
+        let keep = match s.inodes.get(&ino) {
+            Some(i) => i.nlink == 0 && !has_entries,
+            None => s.damaged.contains(&ino),
+        };
+        if !keep {
+            s.find(
+                true,
+                format!("orphan record for inode {ino}, which is not unlinked"),
+            );
+            s.drop_orphans.push(ino);
         }
     }
     Ok(())
@@ -258,7 +333,18 @@ fn check_chunks(store: &Store, s: &mut Scan) -> Result<()> {
     for (ino, index, r) in chunks {
         let size = match s.inodes.get(&ino) {
             Some(i) if i.kind == Kind::File => i.size,
-            _ => {
+            Some(_) => {
+                if !s.drop_chunks_from.contains_key(&ino) {
+                    s.find(
+                        true,
+                        format!("data chunks on inode {ino}, which is not a file"),
+                    );
+                    s.drop_chunks_from.insert(ino, 0);
+                }
+                continue;
+            }
+            None if s.damaged.contains(&ino) => continue,
+            None => {
                 if s.purge.insert(ino) {
                     s.find(true, format!("data chunks of missing inode {ino}"));
                 }
@@ -321,4 +407,78 @@ fn apply(store: &Store, s: &mut Scan) -> Result<()> {
     }
     batch.commit()?;
     store.sync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Core, Ctx, Name};
+    use crate::store::keys;
+    use crate::store::schema::Cf;
+
+    const CTX: Ctx = Ctx {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
+
+    #[test]
+    fn a_damaged_record_is_reported_and_nothing_that_refers_to_it_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let (bucket, sub, file) = {
+            let core = Core::open(&path, (0, 0)).unwrap();
+            let n = |s: &str| Name::new(s.as_bytes()).unwrap();
+            let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
+            let d = core.mkdir(CTX, b.ino, &n("d"), 0o755).unwrap();
+            let f = core.create(CTX, d.ino, &n("f"), 0o644).unwrap();
+            core.write(f.ino, 0, &[5u8; 40_000]).unwrap();
+            core.setxattr(f.ino, b"user.k", b"v", crate::core::omap::SetMode::Upsert)
+                .unwrap();
+            (b.ino, d.ino, f.ino)
+        };
+        let store = Store::open(&path).unwrap();
+        store.put_raw(Cf::Inodes, &keys::inode(sub), b"\x09 not an inode");
+        let mut batch = store.batch();
+        batch.put_chunk(bucket, 0, b"stray data on a directory");
+        batch.commit().unwrap();
+
+        let report = fsck(&store, true).unwrap();
+        assert_eq!(report.exit_code(), 4, "{:?}", report.findings);
+        assert!(report
+            .findings
+            .iter()
+            .any(|f| !f.repairable && f.problem.starts_with(&format!("inode {sub}:"))));
+        // The entry of the damaged directory, everything below it, and the bucket remain.
+        assert!(store.dentry(bucket, b"d").unwrap().is_some());
+        assert!(store.dentry(sub, b"f").unwrap().is_some());
+        assert_eq!(store.inode(file).unwrap().unwrap().size, 40_000);
+        assert_eq!(
+            store.chunks(file, 0, 2).unwrap().iter().flatten().count(),
+            3
+        );
+        assert_eq!(store.omap_get(file, b"k").unwrap().unwrap(), b"v");
+        // The stray chunk went, the directory it sat on did not.
+        assert!(store.inode(bucket).unwrap().is_some());
+        assert_eq!(store.chunks(bucket, 0, 0).unwrap(), vec![None]);
+    }
+
+    #[test]
+    fn without_a_sound_root_nothing_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let bucket = {
+            let core = Core::open(&path, (0, 0)).unwrap();
+            core.mkdir(CTX, ROOT, &Name::new(b"b").unwrap(), 0o755)
+                .unwrap()
+                .ino
+        };
+        let store = Store::open(&path).unwrap();
+        store.put_raw(Cf::Inodes, &keys::inode(ROOT), b"garbage");
+        let report = fsck(&store, true).unwrap();
+        assert_eq!(report.exit_code(), 4);
+        assert!(!report.repaired);
+        assert!(store.dentry(ROOT, b"b").unwrap().is_some());
+        assert!(store.inode(bucket).unwrap().is_some());
+    }
 }
