@@ -29,6 +29,8 @@ pub enum Error {
     InvalidName(String),
     #[error("{0}: operation not permitted")]
     NotPermitted(String),
+    #[error("{0}: permission denied")]
+    AccessDenied(String),
     #[error("{0}: invalid argument")]
     InvalidArgument(String),
     #[error("{0}: no such attribute")]
@@ -59,6 +61,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{script}: {message}")]
+    Script { script: String, message: String },
+    #[error("{what}: handler failed with result -{errno}: {message}")]
+    Handler {
+        what: String,
+        errno: i32,
+        message: String,
+    },
     #[error("{0}")]
     Usage(String),
 }
@@ -85,6 +95,8 @@ impl Error {
             // EPERM, not EACCES: permission bits are the kernel's job (default_permissions);
             // what reaches us is a structural refusal, e.g. a regular file at the root.
             Error::NotPermitted(_) => libc::EPERM,
+            // Checks lunafs itself makes for the caller (calls by path), as the kernel would.
+            Error::AccessDenied(_) => libc::EACCES,
             Error::NoAttr(_) => libc::ENODATA,
             // getxattr of an omap value written by a handler that is larger than the kernel's
             // xattr limit: E2BIG is what the kernel itself answers for oversized values.
@@ -100,6 +112,12 @@ impl Error {
             Error::StoreLocked(_) => libc::EBUSY,
             Error::NotAStore { .. } => libc::EINVAL,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            // A class or module that does not compile: the caller sent a bad file.
+            Error::Script { .. } => libc::EINVAL,
+            // A handler's negative result is the errno its caller sees (setfattr fails with
+            // it); a result outside the errno range would mean nothing to the caller.
+            Error::Handler { errno, .. } if (1..4096).contains(errno) => *errno,
+            Error::Handler { .. } => libc::EIO,
         }
     }
 }
@@ -119,6 +137,30 @@ mod tests {
             (Error::CrossBucket("a".into()), libc::EXDEV),
             (Error::NameTooLong(256), libc::ENAMETOOLONG),
             (Error::NotPermitted("a".into()), libc::EPERM),
+            (Error::AccessDenied("a".into()), libc::EACCES),
+            (
+                Error::Script {
+                    script: "md5".into(),
+                    message: "syntax".into(),
+                },
+                libc::EINVAL,
+            ),
+            (
+                Error::Handler {
+                    what: "a.b".into(),
+                    errno: libc::ENOENT,
+                    message: String::new(),
+                },
+                libc::ENOENT,
+            ),
+            (
+                Error::Handler {
+                    what: "a.b".into(),
+                    errno: 70000,
+                    message: String::new(),
+                },
+                libc::EIO,
+            ),
             (Error::NoAttr("a".into()), libc::ENODATA),
             (Error::ValueTooLarge("a".into(), 70000), libc::E2BIG),
             (Error::BufferTooSmall(10), libc::ERANGE),

@@ -48,7 +48,12 @@ impl Store {
         let cache = rocksdb::Cache::new_lru_cache(256 << 20);
         let mut opts = Options::default();
         opts.create_if_missing(fresh);
-        opts.create_missing_column_families(fresh);
+        // A store made by an earlier release lacks the families added since; it is ours if it
+        // has every first-release family, and the new ones are created empty.
+        let upgradable = !fresh
+            && DB::list_cf(&Options::default(), path)
+                .is_ok_and(|have| Cf::V1.iter().all(|cf| have.iter().any(|h| h == cf.name())));
+        opts.create_missing_column_families(fresh || upgradable);
         opts.increase_parallelism(2);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
@@ -212,9 +217,73 @@ impl Store {
     fn names(&self, cf: Cf, ino: Ino) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         self.scan_named(cf, ino, |name, _| {
-            out.push(name.to_vec());
+            // Names starting with NUL are lunafs's own records (the omap header).
+            if name.first() != Some(&0) {
+                out.push(name.to_vec());
+            }
             Ok(true)
         })?;
+        Ok(out)
+    }
+
+    /// Every omap entry of `ino`, in key order.
+    pub fn omap_entries(&self, ino: Ino) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.entries(Cf::Omap, ino)
+    }
+
+    /// Every non-`user.` xattr of `ino` with its value, in name order.
+    pub fn xattr_entries(&self, ino: Ino) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.entries(Cf::Xattrs, ino)
+    }
+
+    fn entries(&self, cf: Cf, ino: Ino) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan_named(cf, ino, |name, v| {
+            if name.first() != Some(&0) {
+                out.push((name.to_vec(), decode_blob(v)?.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// The omap header of `ino`, if one was written.
+    pub fn omap_header(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        self.blob(Cf::Xattrs, ino, keys::OMAP_HEADER)
+    }
+
+    /// The source of class `name`.
+    pub fn class(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(Cf::Classes), keys::class(name))?
+        {
+            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// The names of all classes, in order.
+    pub fn class_names(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Classes, |k, _| {
+            out.push(String::from_utf8_lossy(k).into_owned())
+        })?;
+        Ok(out)
+    }
+
+    /// Every installed module: (package, version, module) and its source, in key order.
+    pub fn packages(&self) -> Result<Vec<((String, String, String), Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Packages), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let id = keys::decode_package(&k)
+                .ok_or_else(|| Error::Corrupt(format!("package key {k:?}")))?;
+            out.push((id, decode_blob(&v)?.to_vec()));
+        }
         Ok(out)
     }
 

@@ -104,6 +104,48 @@ impl<'a> Batch<'a> {
             .delete_cf(self.store.cf(Cf::Xattrs), keys::named(ino, name));
     }
 
+    pub fn put_omap_header(&mut self, ino: Ino, value: &[u8]) {
+        self.put_xattr(ino, keys::OMAP_HEADER, value);
+    }
+
+    pub fn delete_omap_header(&mut self, ino: Ino) {
+        self.delete_xattr(ino, keys::OMAP_HEADER);
+    }
+
+    /// Deletes every omap entry of `ino` (not its header).
+    pub fn clear_omap(&mut self, ino: Ino) {
+        let (lo, hi) = keys::named_range(ino);
+        self.wb.delete_range_cf(self.store.cf(Cf::Omap), lo, hi);
+    }
+
+    pub fn put_class(&mut self, name: &str, source: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Classes),
+            keys::class(name),
+            encode_blob(source),
+        );
+    }
+
+    pub fn delete_class(&mut self, name: &str) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Classes), keys::class(name));
+    }
+
+    pub fn put_package(&mut self, name: &str, version: &str, module: &str, source: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Packages),
+            keys::package(name, version, module),
+            encode_blob(source),
+        );
+    }
+
+    pub fn delete_package(&mut self, name: &str, version: &str, module: &str) {
+        self.wb.delete_cf(
+            self.store.cf(Cf::Packages),
+            keys::package(name, version, module),
+        );
+    }
+
     /// Records that `ino` has no names left but is still open.
     pub fn put_orphan(&mut self, ino: Ino) {
         self.wb

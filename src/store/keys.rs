@@ -56,6 +56,36 @@ pub fn decode_chunk(key: &[u8]) -> Option<(Ino, u64)> {
     ))
 }
 
+/// `xattrs`: the omap header of an inode (Ceph's map_read_header/map_write_header). xattr
+/// names from the filesystem always start with `trusted.` or `security.`, so a name that
+/// starts with NUL can never collide with one; listxattr skips it.
+pub const OMAP_HEADER: &[u8] = b"\0omap_header";
+
+/// `classes`: the class name.
+pub fn class(name: &str) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+/// `packages`: name, version and module, NUL-separated (none of them may contain NUL), so
+/// every version of a package and every module of a version are contiguous.
+pub fn package(name: &str, version: &str, module: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + version.len() + module.len() + 2);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(version.as_bytes());
+    key.push(0);
+    key.extend_from_slice(module.as_bytes());
+    key
+}
+
+/// Splits a `package` key into name, version and module.
+pub fn decode_package(key: &[u8]) -> Option<(String, String, String)> {
+    let mut parts = key.split(|&b| b == 0);
+    let mut next = || String::from_utf8(parts.next()?.to_vec()).ok();
+    let out = (next()?, next()?, next()?);
+    Some(out)
+}
+
 /// `meta`: the schema version record.
 pub const META_SCHEMA: &[u8] = b"schema_version";
 
@@ -93,6 +123,18 @@ mod tests {
         assert!(a.as_slice() >= &lo[..] && b.as_slice() < &hi[..]);
         assert_eq!(decode_named(&named(7, b"x\0y")), Some((7, &b"x\0y"[..])));
         assert_eq!(decode_named(b"1234"), None);
+    }
+
+    #[test]
+    fn package_keys_round_trip_and_group_by_package() {
+        let k = package("json", "1.2.0", "json.util");
+        assert_eq!(
+            decode_package(&k),
+            Some(("json".into(), "1.2.0".into(), "json.util".into()))
+        );
+        // "json" < "json2": the NUL separator keeps one package's keys together.
+        assert!(package("json", "9", "json") < package("json2", "0", "json2"));
+        assert_eq!(decode_package(b"no-separators"), None);
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub enum Cf {
     Xattrs,
     /// Inode number -> (): unlinked inodes still open, purged on last close or next mount.
     Orphans,
+    /// Class name -> Lua source of an object class.
+    Classes,
+    /// (package name, version, module) -> Lua source of a module `require` can load.
+    Packages,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Inodes,
         Cf::Dentries,
@@ -45,7 +49,13 @@ impl Cf {
         Cf::Omap,
         Cf::Xattrs,
         Cf::Orphans,
+        Cf::Classes,
+        Cf::Packages,
     ];
+
+    /// The families of the first release (new ones are only ever appended to `ALL`): a store
+    /// holding these is ours even if later families are missing (they are created at open).
+    pub const V1: &'static [Cf] = Cf::ALL.split_at(7).0;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -56,6 +66,8 @@ impl Cf {
             Cf::Omap => "omap",
             Cf::Xattrs => "xattrs",
             Cf::Orphans => "orphans",
+            Cf::Classes => "classes",
+            Cf::Packages => "packages",
         }
     }
 
@@ -81,7 +93,7 @@ impl Cf {
                 opts.set_write_buffer_size(32 << 20);
                 opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
-            Cf::Meta | Cf::Omap | Cf::Xattrs | Cf::Orphans => {
+            Cf::Meta | Cf::Omap | Cf::Xattrs | Cf::Orphans | Cf::Classes | Cf::Packages => {
                 opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
         }
