@@ -5,6 +5,8 @@
 //! them there, and commits one `Batch`. `core` knows no FUSE types (the adapter in `fs`
 //! converts) and is tested on a temp-dir store without a kernel.
 
+pub mod call;
+pub mod class;
 pub mod dir;
 pub mod fsck;
 pub mod locks;
@@ -73,6 +75,10 @@ pub struct Core {
     /// Open count per file inode: an inode whose last name is removed while open lives on
     /// (as an orphan) until its count drops to zero.
     open_files: Mutex<HashMap<Ino, u32>>,
+    /// Runs object-class handlers (the Lua sandbox and its limits).
+    engine: crate::lua::Engine,
+    /// Stored classes and packages, cached.
+    registry: class::Registry,
 }
 
 impl Core {
@@ -128,6 +134,8 @@ impl Core {
             cross_dir_rename: Mutex::new(()),
             update_atime: AtomicBool::new(true),
             open_files: Mutex::new(HashMap::new()),
+            engine: crate::lua::Engine::default(),
+            registry: class::Registry::default(),
         })
     }
 
@@ -265,7 +273,7 @@ pub(crate) struct Txn<'a> {
 
 impl<'a> Txn<'a> {
     /// The inode, loaded once per transaction.
-    fn get(&mut self, ino: Ino) -> Result<&mut Inode> {
+    pub(crate) fn get(&mut self, ino: Ino) -> Result<&mut Inode> {
         if !self.inodes.contains_key(&ino) {
             let inode = self
                 .store

@@ -7,6 +7,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod fs;
+pub mod lua;
 pub mod store;
 pub mod systemd;
 pub mod telemetry;

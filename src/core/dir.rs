@@ -20,7 +20,52 @@ pub enum RenameMode {
     Exchange,
 }
 
+/// The result of resolving a path from the mount root.
+#[derive(Debug, Clone)]
+pub struct Walked {
+    /// Every directory passed through, the root first (for search-permission checks).
+    pub dirs: Vec<Inode>,
+    pub parent: Ino,
+    pub name: Name,
+    pub inode: Inode,
+}
+
 impl Core {
+    /// Resolves `bucket/key` (a path from the mount root; empty and `.` components are
+    /// skipped, `..` and symlinks are refused: a call names one object exactly).
+    pub fn walk(&self, path: &[u8]) -> Result<Walked> {
+        let shown = || String::from_utf8_lossy(path).into_owned();
+        let mut dirs = vec![self.getattr(ROOT)?];
+        let mut parts = path
+            .split(|&b| b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+            .peekable();
+        loop {
+            let part = parts
+                .next()
+                .ok_or_else(|| Error::InvalidArgument(format!("path {:?}", shown())))?;
+            if part == b".." {
+                return Err(Error::InvalidArgument(format!("path {:?}: '..'", shown())));
+            }
+            let name = Name::new(part)?;
+            let parent = dirs.last().expect("starts with the root");
+            if parent.kind != Kind::Dir {
+                return Err(Error::NotDir(shown()));
+            }
+            let parent_ino = parent.ino;
+            let inode = self.lookup(parent_ino, &name)?;
+            if parts.peek().is_none() {
+                return Ok(Walked {
+                    dirs,
+                    parent: parent_ino,
+                    name,
+                    inode,
+                });
+            }
+            dirs.push(inode);
+        }
+    }
+
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Inode> {
         loop {
             let d = self.entry(parent, name)?;
@@ -391,7 +436,7 @@ impl Core {
 
     /// Removes one name of a non-directory: the inode goes with its last name, unless it is
     /// still open, in which case it becomes an orphan until its last close.
-    fn drop_link(&self, txn: &mut Txn<'_>, ino: Ino, now: Timestamp) -> Result<()> {
+    pub(super) fn drop_link(&self, txn: &mut Txn<'_>, ino: Ino, now: Timestamp) -> Result<()> {
         let inode = txn.modify(ino)?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
@@ -407,7 +452,7 @@ impl Core {
 }
 
 /// A directory's entries changed: new mtime/ctime and `nlink_delta` subdirectories.
-fn touch_dir(dir: &mut Inode, now: Timestamp, nlink_delta: i32) {
+pub(super) fn touch_dir(dir: &mut Inode, now: Timestamp, nlink_delta: i32) {
     dir.mtime = now;
     dir.ctime = now;
     dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);

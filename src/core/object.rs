@@ -112,30 +112,14 @@ impl Core {
         if data.is_empty() {
             return Ok(0);
         }
-        let start = offset;
-        let end = start
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_SIZE)
-            .ok_or(Error::FileTooBig(offset))?;
         let mut batch = self.store.batch();
-        for index in start / CHUNK_SIZE..=(end - 1) / CHUNK_SIZE {
-            let base = index * CHUNK_SIZE;
-            let lo = start.max(base) - base; // write range within the chunk
-            let hi = end.min(base + CHUNK_SIZE) - base;
-            let piece = &data[(base + lo - start) as usize..(base + hi - start) as usize];
-            // Bytes of this chunk that exist in the file now.
-            let stored = inode.size.saturating_sub(base).min(CHUNK_SIZE);
-            if lo == 0 && hi >= stored {
-                batch.put_chunk(ino, index, piece);
-            } else {
-                let mut chunk = self.chunk(ino, index)?.unwrap_or_default();
-                if chunk.len() < hi as usize {
-                    chunk.resize(hi as usize, 0);
-                }
-                chunk[lo as usize..hi as usize].copy_from_slice(piece);
-                batch.put_chunk(ino, index, &chunk);
-            }
-        }
+        let end = write_chunks(
+            inode.size,
+            offset,
+            data,
+            |index| self.chunk(ino, index),
+            |index, chunk| batch.put_chunk(ino, index, chunk),
+        )?;
         let now = Timestamp::now();
         inode.size = inode.size.max(end);
         inode.mtime = now;
@@ -155,19 +139,9 @@ impl Core {
             return Ok(Vec::new());
         }
         let end = inode.size.min(offset + len as u64);
-        let mut out = vec![0u8; (end - offset) as usize];
-        let first = offset / CHUNK_SIZE;
-        let chunks = self.store.chunks(ino, first, (end - 1) / CHUNK_SIZE)?;
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let Some(chunk) = chunk else { continue };
-            let base = (first + i as u64) * CHUNK_SIZE;
-            let lo = offset.max(base);
-            let hi = end.min(base + chunk.len() as u64);
-            if lo < hi {
-                out[(lo - offset) as usize..(hi - offset) as usize]
-                    .copy_from_slice(&chunk[(lo - base) as usize..(hi - base) as usize]);
-            }
-        }
+        let out = read_chunks(offset, end, |first, last| {
+            self.store.chunks(ino, first, last)
+        })?;
         self.touch_atime(&inode)?;
         Ok(out)
     }
@@ -191,6 +165,67 @@ impl Core {
         batch.put_inode(&inode);
         batch.commit()
     }
+}
+
+/// Splits a write of `data` at `offset` into chunks and hands each new chunk to `put`;
+/// `stored` fetches a chunk's current bytes, needed only where the write covers part of what
+/// the file holds. Returns the write's end offset. Shared by FUSE writes and handler
+/// transactions, so both keep the chunk invariants the same way.
+pub(super) fn write_chunks(
+    size: u64,
+    offset: u64,
+    data: &[u8],
+    mut stored: impl FnMut(u64) -> Result<Option<Vec<u8>>>,
+    mut put: impl FnMut(u64, &[u8]),
+) -> Result<u64> {
+    let end = offset
+        .checked_add(data.len() as u64)
+        .filter(|&e| e <= MAX_FILE_SIZE)
+        .ok_or(Error::FileTooBig(offset))?;
+    for index in offset / CHUNK_SIZE..=(end - 1) / CHUNK_SIZE {
+        let base = index * CHUNK_SIZE;
+        let lo = offset.max(base) - base; // write range within the chunk
+        let hi = end.min(base + CHUNK_SIZE) - base;
+        let piece = &data[(base + lo - offset) as usize..(base + hi - offset) as usize];
+        // Bytes of this chunk that exist in the file now.
+        let existing = size.saturating_sub(base).min(CHUNK_SIZE);
+        if lo == 0 && hi >= existing {
+            put(index, piece);
+        } else {
+            let mut chunk = stored(index)?.unwrap_or_default();
+            if chunk.len() < hi as usize {
+                chunk.resize(hi as usize, 0);
+            }
+            chunk[lo as usize..hi as usize].copy_from_slice(piece);
+            put(index, &chunk);
+        }
+    }
+    Ok(end)
+}
+
+/// The bytes `offset..end` (end within the file) from the chunks `fetch(first, last)`
+/// returns; holes read as zeros.
+pub(super) fn read_chunks(
+    offset: u64,
+    end: u64,
+    fetch: impl FnOnce(u64, u64) -> Result<Vec<Option<Vec<u8>>>>,
+) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; (end - offset) as usize];
+    let first = offset / CHUNK_SIZE;
+    for (i, chunk) in fetch(first, (end - 1) / CHUNK_SIZE)?
+        .into_iter()
+        .enumerate()
+    {
+        let Some(chunk) = chunk else { continue };
+        let base = (first + i as u64) * CHUNK_SIZE;
+        let lo = offset.max(base);
+        let hi = end.min(base + chunk.len() as u64);
+        if lo < hi {
+            out[(lo - offset) as usize..(hi - offset) as usize]
+                .copy_from_slice(&chunk[(lo - base) as usize..(hi - base) as usize]);
+        }
+    }
+    Ok(out)
 }
 
 impl Core {

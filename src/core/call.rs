@@ -1,0 +1,642 @@
+//! Handler calls: one object, one transaction. `Core::call` locks the object (and, for a call
+//! by path, its directory), runs the handler against an `ObjectTxn` that holds every change
+//! in memory, and commits them in one batch only if the handler's result is >= 0. A negative
+//! result, an error or a tripped limit drops the transaction: nothing the handler wrote
+//! reaches the store.
+//!
+//! The lock is the per-inode lock FUSE writes take, so handlers on one object are serialized
+//! with each other and with writes to it; handlers on different objects run in parallel.
+//!
+//! The transaction keeps the store's invariants while it changes data: a chunk never holds
+//! bytes past the size (truncate trims), and `cut` marks the first stored chunk that a
+//! shrink removed, so reads treat it as a hole and the commit deletes from there before it
+//! writes the new chunks.
+
+use std::collections::BTreeMap;
+
+use super::object::{read_chunks, write_chunks, MAX_FILE_SIZE};
+use super::omap::XATTR_SIZE_MAX;
+use super::{class::StoreModules, dir, Core, Name};
+use crate::error::{Error, Result};
+use crate::lua::{Call, Object, Outcome, Script};
+use crate::store::codec::{Inode, Kind, Timestamp};
+use crate::store::keys::Ino;
+use crate::store::schema::CHUNK_SIZE;
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Code<'a> {
+    /// A method of a stored class.
+    Class { class: &'a str, method: &'a str },
+    /// A method of a script sent with the call (Ceph's eval).
+    Inline { script: &'a [u8], method: &'a str },
+}
+
+/// The object a call runs on: its inode and, for calls by path, the entry naming it (which
+/// `remove()` unlinks).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub ino: Ino,
+    pub entry: Option<(Ino, Name)>,
+    /// How logs name the object (`bucket/key`).
+    pub path: Option<String>,
+    /// Whether the call may leave the object smaller than it found it. The FUSE adapter
+    /// says no when it could not make the kernel's cached size follow (see `fs::invoke`):
+    /// such a call fails with EOPNOTSUPP instead of committing.
+    pub may_shrink: bool,
+}
+
+/// The result of a call, and what it changed (for the kernel's caches).
+#[derive(Debug, Clone)]
+pub struct CallReply {
+    pub outcome: Outcome,
+    /// The object's bytes changed (an ObjectCreated:Put event).
+    pub data_changed: bool,
+    /// Anything of the object changed (data, omap, xattrs, times).
+    pub changed: bool,
+    /// `remove()` unlinked the name the call came through.
+    pub unlinked: bool,
+    /// The object's size before and after the call.
+    pub sizes: (u64, u64),
+}
+
+impl CallReply {
+    fn unchanged(outcome: Outcome) -> CallReply {
+        CallReply {
+            outcome,
+            data_changed: false,
+            changed: false,
+            unlinked: false,
+            sizes: (0, 0),
+        }
+    }
+}
+
+/// Longest omap key a handler may write: `user.` + key must fit the kernel's 255-byte
+/// xattr names, or getfattr could never show it.
+const MAX_OMAP_KEY: usize = 250;
+
+impl Core {
+    pub fn call(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
+        let (script, class, method) = match code {
+            Code::Class { class, method } => match self.class(class)? {
+                Some(s) => (s, class, method),
+                None => {
+                    return Ok(CallReply::unchanged(Outcome::failed(
+                        libc::EOPNOTSUPP,
+                        format!("class {class:?} is not installed"),
+                    )))
+                }
+            },
+            Code::Inline { script, method } => (
+                std::sync::Arc::new(Script {
+                    name: "(inline)".into(),
+                    // Same source, same compiled function: a content hash as generation.
+                    generation: inline_generation(script),
+                    source: script.into(),
+                }),
+                "(inline)",
+                method,
+            ),
+        };
+        // Only the object: a long handler must not hold up its directory (creates, renames
+        // of its neighbours). A commit that unlinks takes the directory's lock too, below.
+        let held = self.locks.lock(&[target.ino]);
+        let inode = self.getattr(target.ino)?;
+        match inode.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir(describe(target))),
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: handlers run on regular files",
+                    describe(target)
+                )))
+            }
+        }
+        if let Some((parent, name)) = &target.entry {
+            if self.store.dentry(*parent, name.as_bytes())?.map(|d| d.ino) != Some(target.ino) {
+                return Err(Error::NotFound(describe(target)));
+            }
+        }
+        let size_before = inode.size;
+        let mut txn = ObjectTxn::new(self, target, inode);
+        let call = Call {
+            script: &script,
+            method,
+            input,
+            class,
+        };
+        let outcome = self.engine.call(&call, &mut txn, &StoreModules(self));
+        if outcome.result < 0 {
+            tracing::debug!(class, method, object = %describe(target), result = outcome.result,
+                message = outcome.message.as_deref().unwrap_or(""), "handler failed; changes dropped");
+            return Ok(CallReply::unchanged(outcome));
+        }
+        let size_after = txn.inode.size;
+        if size_after < size_before && txn.exists && !target.may_shrink {
+            return Ok(CallReply::unchanged(Outcome::failed(
+                libc::EOPNOTSUPP,
+                format!(
+                    "{class}.{method} would shrink {} from {size_before} to {size_after} bytes, \
+                     which the kernel's cached size cannot follow on a setfattr call: call it by \
+                     path (lunafs call, /.lunafs/call) or mount with no_writeback_cache",
+                    describe(target)
+                ),
+            )));
+        }
+        let changed = txn.data_changed || txn.meta_changed;
+        let data_changed = txn.data_changed;
+        let _held = match (&target.entry, txn.removes_name()) {
+            (Some((parent, name)), true) => {
+                // Both locks at once, in the one global order (Locks), so this cannot
+                // deadlock with an unlink or rename; the name is checked again after.
+                drop(held);
+                let both = self.locks.lock(&[*parent, target.ino]);
+                if self.store.dentry(*parent, name.as_bytes())?.map(|d| d.ino) != Some(target.ino) {
+                    return Ok(CallReply::unchanged(Outcome::failed(
+                        libc::ENOENT,
+                        format!("{}: renamed or removed during the call", describe(target)),
+                    )));
+                }
+                both
+            }
+            _ => held,
+        };
+        let unlinked = txn.commit()?;
+        Ok(CallReply {
+            outcome,
+            data_changed,
+            changed,
+            unlinked,
+            sizes: (size_before, size_after),
+        })
+    }
+
+    /// The per-call limits of handlers.
+    pub fn set_lua_limits(&self, limits: crate::lua::Limits) {
+        self.engine.set_limits(limits);
+    }
+}
+
+fn inline_generation(source: &[u8]) -> u64 {
+    use md5::{Digest, Md5};
+    let d = Md5::digest(source);
+    u64::from_be_bytes(d[..8].try_into().expect("an MD5 digest has 16 bytes"))
+}
+
+fn describe(target: &Target) -> String {
+    match &target.path {
+        Some(p) => p.clone(),
+        None => format!("inode {}", target.ino),
+    }
+}
+
+/// Where an xattr name of the cls API lives: `user.K` (or a bare `K`, as Ceph scripts
+/// write it) is omap key `K`; `trusted.*`/`security.*` are plain xattrs.
+enum XName<'a> {
+    Omap(&'a [u8]),
+    Plain(&'a [u8]),
+}
+
+fn xname(name: &[u8]) -> Result<XName<'_>> {
+    if let Some(k) = name.strip_prefix(b"user.") {
+        return Ok(XName::Omap(k));
+    }
+    if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
+        return Ok(XName::Plain(name));
+    }
+    if name.starts_with(b"system.") {
+        return Err(Error::Unsupported(format!(
+            "xattr {}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(XName::Omap(name))
+}
+
+fn check_omap_key(key: &[u8]) -> Result<()> {
+    let shown = || String::from_utf8_lossy(key).into_owned();
+    if key.is_empty() || key.contains(&0) {
+        return Err(Error::InvalidArgument(format!("omap key {:?}", shown())));
+    }
+    if key.len() > MAX_OMAP_KEY {
+        return Err(Error::NameTooLong(key.len()));
+    }
+    Ok(())
+}
+
+/// Changes to one key/value family of the object (omap, or plain xattrs) over what is stored:
+/// `None` deletes a key, `cleared` drops every stored key first.
+#[derive(Default)]
+struct Overlay {
+    changes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    cleared: bool,
+}
+
+impl Overlay {
+    fn get(
+        &self,
+        key: &[u8],
+        stored: impl FnOnce() -> Result<Option<Vec<u8>>>,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.changes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None if self.cleared => Ok(None),
+            None => stored(),
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.changes.insert(key.to_vec(), value.map(<[u8]>::to_vec));
+    }
+
+    fn clear(&mut self) {
+        self.changes.clear();
+        self.cleared = true;
+    }
+
+    /// Every key as the call sees it, in order.
+    fn merged(
+        &self,
+        stored: impl FnOnce() -> Result<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> = if self.cleared {
+            BTreeMap::new()
+        } else {
+            stored()?.into_iter().collect()
+        };
+        for (k, v) in &self.changes {
+            match v {
+                Some(v) => all.insert(k.clone(), v.clone()),
+                None => all.remove(k),
+            };
+        }
+        Ok(all)
+    }
+}
+
+/// Every change of one call, held until commit.
+struct ObjectTxn<'c> {
+    core: &'c Core,
+    target: &'c Target,
+    /// The inode as the handler sees it (size, times).
+    inode: Inode,
+    /// False after `remove()` (until a `create()`).
+    exists: bool,
+    /// `remove()` was called: the content was wiped, and the name goes unless re-created.
+    removed: bool,
+    chunks: BTreeMap<u64, Vec<u8>>,
+    cut: Option<u64>,
+    omap: Overlay,
+    header: Option<Option<Vec<u8>>>,
+    /// The non-`user.` xattrs, by full name.
+    xattrs: Overlay,
+    data_changed: bool,
+    meta_changed: bool,
+}
+
+impl<'c> ObjectTxn<'c> {
+    fn new(core: &'c Core, target: &'c Target, inode: Inode) -> Self {
+        ObjectTxn {
+            core,
+            target,
+            inode,
+            exists: true,
+            removed: false,
+            chunks: BTreeMap::new(),
+            cut: None,
+            omap: Overlay::default(),
+            header: None,
+            xattrs: Overlay::default(),
+            data_changed: false,
+            meta_changed: false,
+        }
+    }
+
+    fn ino(&self) -> Ino {
+        self.inode.ino
+    }
+
+    fn present(&self) -> Result<()> {
+        if self.exists {
+            Ok(())
+        } else {
+            Err(Error::NotFound(describe(self.target)))
+        }
+    }
+
+    /// Chunks `first..=last` as the handler sees them.
+    fn chunks(&self, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
+        let stored_last = match self.cut {
+            Some(cut) if cut <= first => None,
+            Some(cut) => Some(last.min(cut - 1)),
+            None => Some(last),
+        };
+        let mut out = match stored_last {
+            Some(l) => self.core.store.chunks(self.ino(), first, l)?,
+            None => Vec::new(),
+        };
+        out.resize((last - first + 1) as usize, None);
+        for (&i, c) in self.chunks.range(first..=last) {
+            out[(i - first) as usize] = Some(c.clone());
+        }
+        Ok(out)
+    }
+
+    fn chunk(&self, index: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.chunks(index, index)?.pop().flatten())
+    }
+
+    fn changed_data(&mut self) {
+        self.data_changed = true;
+    }
+
+    /// Whether the commit unlinks the call's name (`remove()` without a later `create()`).
+    fn removes_name(&self) -> bool {
+        self.removed && !self.exists
+    }
+
+    /// Commits every change in one batch; returns whether the name was unlinked.
+    fn commit(self) -> Result<bool> {
+        if !self.data_changed && !self.meta_changed {
+            return Ok(false);
+        }
+        let core = self.core;
+        let ino = self.ino();
+        let now = Timestamp::now();
+        let mut txn = core.txn();
+        let unlink = self.removes_name();
+        if unlink {
+            let (parent, name) = self
+                .target
+                .entry
+                .as_ref()
+                .expect("remove() refuses calls without an entry");
+            txn.batch.delete_dentry(*parent, name.as_bytes());
+            dir::touch_dir(txn.modify(*parent)?, now, 0);
+            // The last name of a closed file: drop_link purges the inode and all it owns,
+            // so there is no content left to write.
+            let last = txn.get(ino)?.nlink <= 1 && !core.is_open(ino);
+            core.drop_link(&mut txn, ino, now)?;
+            if last {
+                txn.commit()?;
+                return Ok(true);
+            }
+        }
+        let b = &mut txn.batch;
+        if let Some(cut) = self.cut {
+            b.delete_chunks_from(ino, cut);
+        }
+        for (&index, data) in &self.chunks {
+            b.put_chunk(ino, index, data);
+        }
+        if self.omap.cleared {
+            b.clear_omap(ino);
+        }
+        for (k, v) in &self.omap.changes {
+            match v {
+                Some(v) => b.put_omap(ino, k, v),
+                None => b.delete_omap(ino, k),
+            }
+        }
+        if self.xattrs.cleared {
+            for (name, _) in core.store.xattr_entries(ino)? {
+                b.delete_xattr(ino, &name);
+            }
+        }
+        for (k, v) in &self.xattrs.changes {
+            match v {
+                Some(v) => b.put_xattr(ino, k, v),
+                None => b.delete_xattr(ino, k),
+            }
+        }
+        match &self.header {
+            Some(Some(h)) => b.put_omap_header(ino, h),
+            Some(None) => b.delete_omap_header(ino),
+            None => {}
+        }
+        let inode = txn.modify(ino)?;
+        inode.size = self.inode.size;
+        if self.data_changed {
+            inode.mtime = now;
+        }
+        inode.ctime = now;
+        txn.commit()?;
+        Ok(unlink)
+    }
+}
+
+impl Object for ObjectTxn<'_> {
+    fn stat(&mut self) -> Result<(u64, i64)> {
+        self.present()?;
+        Ok((self.inode.size, self.inode.mtime.sec))
+    }
+
+    fn create(&mut self, exclusive: bool) -> Result<()> {
+        if self.exists {
+            return if exclusive {
+                Err(Error::Exists(describe(self.target)))
+            } else {
+                Ok(())
+            };
+        }
+        self.exists = true;
+        self.meta_changed = true;
+        Ok(())
+    }
+
+    fn remove(&mut self) -> Result<()> {
+        self.present()?;
+        if self.target.entry.is_none() {
+            return Err(Error::Unsupported(format!(
+                "remove() of {}: only a call by path (control file or `lunafs call`) knows the name to unlink",
+                describe(self.target)
+            )));
+        }
+        self.truncate(0)?;
+        self.map_clear()?;
+        self.header = Some(None);
+        self.xattrs.clear();
+        self.exists = false;
+        self.removed = true;
+        Ok(())
+    }
+
+    fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.present()?;
+        let size = self.inode.size;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset.saturating_add(len));
+        read_chunks(offset, end, |first, last| self.chunks(first, last))
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.present()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut written = Vec::new();
+        let end = write_chunks(
+            self.inode.size,
+            offset,
+            data,
+            |index| self.chunk(index),
+            |index, chunk| written.push((index, chunk.to_vec())),
+        )?;
+        self.chunks.extend(written);
+        self.inode.size = self.inode.size.max(end);
+        self.changed_data();
+        Ok(())
+    }
+
+    fn write_full(&mut self, data: &[u8]) -> Result<()> {
+        self.truncate(0)?;
+        self.write(0, data)
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        self.present()?;
+        if size > MAX_FILE_SIZE {
+            return Err(Error::FileTooBig(size));
+        }
+        if size < self.inode.size {
+            let keep_chunks = size.div_ceil(CHUNK_SIZE);
+            let keep = (size % CHUNK_SIZE) as usize;
+            let partial = if keep != 0 {
+                self.chunk(size / CHUNK_SIZE)?
+            } else {
+                None
+            };
+            self.cut = Some(self.cut.map_or(keep_chunks, |c| c.min(keep_chunks)));
+            self.chunks.retain(|&i, _| i < keep_chunks);
+            if let Some(mut chunk) = partial {
+                chunk.truncate(keep);
+                self.chunks.insert(size / CHUNK_SIZE, chunk);
+            }
+        }
+        if size != self.inode.size {
+            self.inode.size = size;
+            self.changed_data();
+        }
+        Ok(())
+    }
+
+    fn getxattr(&mut self, name: &[u8]) -> Result<Vec<u8>> {
+        self.present()?;
+        match xname(name)? {
+            XName::Omap(k) => self.map_get_val(k),
+            XName::Plain(n) => {
+                let (store, ino) = (&self.core.store, self.ino());
+                self.xattrs
+                    .get(n, || store.xattr_get(ino, n))?
+                    .ok_or_else(|| Error::NoAttr(String::from_utf8_lossy(n).into_owned()))
+            }
+        }
+    }
+
+    fn getxattrs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.present()?;
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> = self
+            .map_get_vals(b"", b"", usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| ([&b"user."[..], &k].concat(), v))
+            .collect();
+        let (store, ino) = (&self.core.store, self.ino());
+        out.extend(self.xattrs.merged(|| store.xattr_entries(ino))?);
+        Ok(out)
+    }
+
+    fn setxattr(&mut self, name: &[u8], value: &[u8]) -> Result<()> {
+        self.present()?;
+        match xname(name)? {
+            XName::Omap(k) => self.map_set_val(k, value),
+            XName::Plain(n) => {
+                if value.len() > XATTR_SIZE_MAX {
+                    return Err(Error::ValueTooLarge(
+                        String::from_utf8_lossy(n).into_owned(),
+                        value.len(),
+                    ));
+                }
+                self.xattrs.set(n, Some(value));
+                self.meta_changed = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn map_get_val(&mut self, key: &[u8]) -> Result<Vec<u8>> {
+        self.present()?;
+        let (store, ino) = (&self.core.store, self.ino());
+        self.omap
+            .get(key, || store.omap_get(ino, key))?
+            .ok_or_else(|| Error::NotFound(format!("omap key {:?}", String::from_utf8_lossy(key))))
+    }
+
+    fn map_set_val(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.present()?;
+        check_omap_key(key)?;
+        self.omap.set(key, Some(value));
+        self.meta_changed = true;
+        Ok(())
+    }
+
+    fn map_get_vals(
+        &mut self,
+        start_after: &[u8],
+        prefix: &[u8],
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.present()?;
+        let (store, ino) = (&self.core.store, self.ino());
+        Ok(self
+            .omap
+            .merged(|| store.omap_entries(ino))?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() > start_after && k.starts_with(prefix))
+            .take(max)
+            .collect())
+    }
+
+    fn map_remove_key(&mut self, key: &[u8]) -> Result<()> {
+        self.present()?;
+        // Ceph's omap_rm_keys: removing a missing key is not an error.
+        self.omap.set(key, None);
+        self.meta_changed = true;
+        Ok(())
+    }
+
+    fn map_clear(&mut self) -> Result<()> {
+        self.present()?;
+        self.omap.clear();
+        self.meta_changed = true;
+        Ok(())
+    }
+
+    fn map_read_header(&mut self) -> Result<Vec<u8>> {
+        self.present()?;
+        Ok(match &self.header {
+            Some(h) => h.clone(),
+            None => self.core.store.omap_header(self.ino())?,
+        }
+        .unwrap_or_default())
+    }
+
+    fn map_write_header(&mut self, value: &[u8]) -> Result<()> {
+        self.present()?;
+        self.header = Some(Some(value.to_vec()));
+        self.meta_changed = true;
+        Ok(())
+    }
+
+    fn current_version(&mut self) -> Result<u64> {
+        self.present()?;
+        let c = self.inode.ctime;
+        Ok((c.sec.max(0) as u64) * 1_000_000_000 + c.nsec as u64)
+    }
+
+    fn describe(&self) -> String {
+        describe(self.target)
+    }
+}
