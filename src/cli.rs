@@ -19,6 +19,8 @@ use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::store::LOG_FILE;
 
+mod calls;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lunafs",
@@ -64,6 +66,40 @@ pub enum Cmd {
         #[arg(long)]
         repair: bool,
     },
+    /// Call a handler on an object of a mounted lunafs and print its output. Exits 1 when
+    /// the handler's result is negative (the errno is printed).
+    Call {
+        /// The object (a file inside a lunafs mount).
+        file: PathBuf,
+        /// CLASS.METHOD of an installed class, or METHOD with --script.
+        method: String,
+        /// Input for the handler (use --input-file for binary input).
+        input: Option<String>,
+        /// Read the input from FILE (- for standard input).
+        #[arg(long, value_name = "FILE", conflicts_with = "input")]
+        input_file: Option<PathBuf>,
+        /// Run METHOD of this Lua script instead of a stored class (Ceph's eval).
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+    },
+    /// Manage object classes (Lua handlers) of a mounted lunafs.
+    Class {
+        #[command(subcommand)]
+        action: calls::ClassCmd,
+        /// The lunafs mount (default: $LUNAFS_MOUNT, else the mount holding the current
+        /// directory).
+        #[arg(short = 'm', long = "mount", global = true, value_name = "MOUNTPOINT")]
+        mount: Option<PathBuf>,
+    },
+    /// Manage Lua packages (modules for `require`) of a mounted lunafs.
+    Package {
+        #[command(subcommand)]
+        action: calls::PackageCmd,
+        /// The lunafs mount (default: $LUNAFS_MOUNT, else the mount holding the current
+        /// directory).
+        #[arg(short = 'm', long = "mount", global = true, value_name = "MOUNTPOINT")]
+        mount: Option<PathBuf>,
+    },
 }
 
 /// Runs the command; Ok holds the process exit status.
@@ -95,6 +131,21 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?).map(|_| 0),
         Cmd::Status { mountpoint } => status(&absolute(&mountpoint)?).map(|_| 0),
         Cmd::Fsck { store, repair } => fsck(&absolute(&store)?, repair),
+        Cmd::Call {
+            file,
+            method,
+            input,
+            input_file,
+            script,
+        } => calls::call(
+            &file,
+            &method,
+            input,
+            input_file.as_deref(),
+            script.as_deref(),
+        ),
+        Cmd::Class { action, mount } => calls::class(action, mount.as_deref()),
+        Cmd::Package { action, mount } => calls::package(action, mount.as_deref()),
     }
 }
 
@@ -141,6 +192,7 @@ fn mount_foreground(config: &MountConfig) -> Result<()> {
     // SAFETY: getuid/getgid cannot fail.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
     let core = Arc::new(Core::open(&config.store, owner)?);
+    core.set_lua_limits(config.lua_limits);
     crate::fs::serve(core, config)
 }
 

@@ -29,6 +29,8 @@ pub struct MountConfig {
     pub threads: usize,
     /// Kernel mount flags passed through as given (nosuid, nodev, noexec, noatime, ...).
     pub flags: Vec<MountOption>,
+    /// Per-call limits of Lua handlers.
+    pub lua_limits: crate::lua::Limits,
 }
 
 impl MountConfig {
@@ -43,6 +45,7 @@ impl MountConfig {
             writeback_cache: true,
             threads: 4,
             flags: Vec::new(),
+            lua_limits: crate::lua::Limits::default(),
         }
     }
 
@@ -82,6 +85,25 @@ impl MountConfig {
                     .ok()
                     .filter(|n| (1..=64).contains(n))
                     .ok_or_else(|| bad("expected 1 to 64"))?;
+            }
+            ("lua_memory", Some(v)) => {
+                self.lua_limits.memory = parse_size(v)
+                    .filter(|&n| n >= 1 << 20)
+                    .ok_or_else(|| bad("expected a size of at least 1M (e.g. 64M)"))?;
+            }
+            ("lua_instructions", Some(v)) => {
+                self.lua_limits.instructions = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1000)
+                    .ok_or_else(|| bad("expected a count of at least 1000"))?;
+            }
+            ("lua_timeout", Some(v)) => {
+                let secs: f64 = v.parse().map_err(|_| bad("expected seconds"))?;
+                if !(0.001..=3600.0).contains(&secs) {
+                    return Err(bad("must be between 0.001 and 3600 seconds"));
+                }
+                self.lua_limits.time = Duration::from_secs_f64(secs);
             }
             // Always on: permission checks are the kernel's, from the mode bits we store.
             ("default_permissions", None) => {}
@@ -148,6 +170,17 @@ impl MountConfig {
         c.clone_fd = true;
         c
     }
+}
+
+/// A byte size: a number with an optional K, M or G suffix (powers of 1024).
+fn parse_size(v: &str) -> Option<usize> {
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
 }
 
 /// Where the config file is read from when neither `--config` nor `$LUNAFS_CONFIG` names one.
@@ -251,6 +284,22 @@ mod tests {
         assert_eq!(c.attr_timeout, Duration::from_millis(2500));
         assert_eq!(c.threads, 8);
         assert_eq!(c.flags, vec![MountOption::NoAtime]);
+    }
+
+    #[test]
+    fn lua_limits_parse_with_units() {
+        let c = parse("lua_memory=32M,lua_instructions=5000,lua_timeout=0.5").unwrap();
+        assert_eq!(c.lua_limits.memory, 32 << 20);
+        assert_eq!(c.lua_limits.instructions, 5000);
+        assert_eq!(c.lua_limits.time, Duration::from_millis(500));
+        for bad in [
+            "lua_memory=12",
+            "lua_memory=xM",
+            "lua_instructions=5",
+            "lua_timeout=0",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

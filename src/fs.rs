@@ -9,15 +9,18 @@
 //! copy_file_range, POSIX locks (kept local to this kernel), ioctl, poll and bmap.
 
 pub mod attr;
+pub mod call;
 pub mod control;
 pub mod handles;
+pub mod invoke;
+pub mod scripts;
 pub mod stats;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fuser::{
@@ -53,6 +56,9 @@ pub struct LunaFs {
     writeback: bool,
     stats: Stats,
     mountpoint: String,
+    /// Tells the kernel to drop cached pages, attributes and entries that a handler call
+    /// changed behind its back; set once the session exists.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -131,23 +137,24 @@ impl LunaFs {
             writeback: config.writeback_cache,
             stats: Stats::new(),
             mountpoint: config.mountpoint.display().to_string(),
+            notifier: Arc::new(OnceLock::new()),
         }
     }
 
     fn attr(&self, ino: Ino) -> Result<fuser::FileAttr> {
         if Control::owns(ino) {
-            return self.control.attr(ino);
+            return self.control.attr(&self.core, ino);
         }
         Ok(file_attr(&self.core.getattr(ino)?))
     }
 
     fn lookup_attr(&self, parent: Ino, raw: &OsStr) -> Result<fuser::FileAttr> {
         if Control::owns(parent) {
-            return self.control.lookup(parent, raw.as_bytes());
+            return self.control.lookup(&self.core, parent, raw.as_bytes());
         }
         let name = name(raw)?;
         if parent == ROOT && name.is_control_dir() {
-            return self.control.attr(control::DIR_INO);
+            return self.control.attr(&self.core, control::DIR_INO);
         }
         Ok(file_attr(&self.core.lookup(parent, &name)?))
     }
@@ -169,16 +176,17 @@ impl LunaFs {
 
     fn listing(&self, ino: Ino) -> Result<Vec<Listed>> {
         let (parent, entries) = if Control::owns(ino) {
-            let entries = self.control.entries(ino)?;
+            let entries = self.control.entries(&self.core, ino)?;
             let listed: Vec<Listed> = entries
                 .into_iter()
-                .map(|(ino, kind, name)| Listed {
-                    ino,
-                    kind,
-                    name: name.to_vec(),
-                })
+                .map(|(ino, kind, name)| Listed { ino, kind, name })
                 .collect();
-            (ROOT, listed)
+            let parent = if ino == control::DIR_INO {
+                ROOT
+            } else {
+                control::DIR_INO
+            };
+            (parent, listed)
         } else {
             let dir = self.core.getattr(ino)?;
             let listed: Vec<Listed> = self
@@ -302,6 +310,31 @@ impl fuser::Filesystem for LunaFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
+        if Control::owns(ino.0) {
+            // Only truncation of a script file being written (cp, shell `>`): it applies to
+            // the buffers of its open handles, stored at close.
+            let r = match (self.control.node(ino.0), &change) {
+                (
+                    Ok(node),
+                    SetAttr {
+                        size: Some(size),
+                        mode: None,
+                        uid: None,
+                        gid: None,
+                        ..
+                    },
+                ) if node.is_script() => {
+                    self.truncate_script(&node, *size);
+                    self.attr(ino.0)
+                }
+                (Ok(_), _) => Err(Error::NotPermitted("/.lunafs".into())),
+                (Err(e), _) => Err(e),
+            };
+            return match r {
+                Ok(attr) => reply.attr(&Duration::ZERO, &attr),
+                Err(e) => reply.error(self.fail(Op::Setattr, &e)),
+            };
+        }
         let r = self
             .writable(ino.0)
             .and_then(|_| self.core.setattr(ino.0, &change));
@@ -356,9 +389,12 @@ impl fuser::Filesystem for LunaFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
         self.stats.call(Op::Unlink);
-        let r = self
-            .writable(parent.0)
-            .and_then(|_| self.core.unlink(parent.0, &name(raw)?));
+        let r = if parent.0 == control::CLASSES_INO || parent.0 == control::PACKAGES_INO {
+            self.control.remove(&self.core, parent.0, raw.as_bytes())
+        } else {
+            self.writable(parent.0)
+                .and_then(|_| self.core.unlink(parent.0, &name(raw)?))
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Unlink, &e)),
@@ -455,18 +491,7 @@ impl fuser::Filesystem for LunaFs {
         self.stats.call(Op::Open);
         let r = (|| {
             if Control::owns(ino.0) {
-                if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-                    return Err(Error::NotPermitted("/.lunafs".into()));
-                }
-                let data = if ino.0 == control::STATS_INO {
-                    self.stats_json()
-                } else {
-                    self.control.contents(ino.0)?
-                };
-                return Ok((
-                    self.handles.insert(Handle::Control { data }),
-                    control_flags(),
-                ));
+                return Ok((self.open_control(ino.0, flags)?, control_flags()));
             }
             let inode = self.core.getattr(ino.0)?;
             if inode.kind == Kind::Dir {
@@ -501,6 +526,10 @@ impl fuser::Filesystem for LunaFs {
         let r = if Control::owns(ino.0) {
             match self.handles.get(fh.0).as_deref() {
                 Some(Handle::Control { data }) => Ok(control::slice(data, offset, size).to_vec()),
+                Some(Handle::Script { data, .. }) => {
+                    Ok(control::slice(&data.lock(), offset, size).to_vec())
+                }
+                Some(Handle::Call { exchange }) => Ok(exchange.lock().read(size as usize)),
                 _ => Err(Error::BadHandle(fh.0)),
             }
         } else {
@@ -517,9 +546,9 @@ impl fuser::Filesystem for LunaFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
@@ -531,9 +560,11 @@ impl fuser::Filesystem for LunaFs {
         // The offset is the kernel's: for O_APPEND it is the end of the file, taken under the
         // kernel's inode lock from a size that only this mount changes. Appending on our own
         // would misplace mmap writeback and ignore fcntl(F_SETFL) clearing O_APPEND.
-        let r = self
-            .writable(ino.0)
-            .and_then(|_| self.core.write(ino.0, offset, data));
+        let r = if Control::owns(ino.0) {
+            self.write_control(req, fh.0, offset, data)
+        } else {
+            self.core.write(ino.0, offset, data)
+        };
         match r {
             Ok(n) => {
                 self.stats.wrote(n);
@@ -547,10 +578,15 @@ impl fuser::Filesystem for LunaFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        if let Some(handle) = self.handles.get(fh.0) {
+            if let Err(e) = self.store_script(&handle) {
+                return reply.error(self.fail(Op::Release, &e));
+            }
+        }
         // Every write is committed to the store (its WAL, in the kernel's page cache) before
         // it is acknowledged, and the kernel writes back dirty pages before sending FLUSH, so
         // when close() returns the data survives kill -9 of lunafs.
@@ -570,6 +606,8 @@ impl fuser::Filesystem for LunaFs {
         self.stats.call(Op::Release);
         let r = match self.handles.remove(fh.0).as_deref() {
             Some(Handle::File { ino, .. }) => self.core.close_file(*ino),
+            // Normally stored at flush already; this catches a close without flush.
+            Some(h @ Handle::Script { .. }) => self.store_script(h),
             Some(_) => Ok(()),
             None => Err(Error::BadHandle(fh.0)),
         };
@@ -724,7 +762,10 @@ impl fuser::Filesystem for LunaFs {
         };
         let r = self
             .writable(ino.0)
-            .and_then(|_| self.core.setxattr(ino.0, raw.as_bytes(), value, mode));
+            .and_then(|_| match invoke::xattr_call(raw.as_bytes()) {
+                Some(code) => self.call_by_xattr(ino.0, code, value),
+                None => self.core.setxattr(ino.0, raw.as_bytes(), value, mode),
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Setxattr, &e)),
@@ -789,6 +830,19 @@ impl fuser::Filesystem for LunaFs {
         reply: ReplyCreate,
     ) {
         self.stats.call(Op::Create);
+        if Control::owns(parent.0) {
+            let r = self.create_script(parent.0, raw.as_bytes());
+            return match r {
+                Ok((attr, fh)) => reply.created(
+                    &Duration::ZERO,
+                    &attr,
+                    GENERATION,
+                    FileHandle(fh),
+                    control_flags(),
+                ),
+                Err(e) => reply.error(self.fail(Op::Create, &e)),
+            };
+        }
         let r = (|| {
             self.writable(parent.0)?;
             let inode = self
@@ -876,8 +930,10 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     core.set_update_atime(!config.read_only && !noatime);
     let fs = LunaFs::new(core.clone(), config);
     let fuse_config = config.fuser_config();
+    let notifier = fs.notifier.clone();
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
         .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
+    let _ = notifier.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mountpoint = config.mountpoint.clone();
     crate::telemetry::on_termination(move || {

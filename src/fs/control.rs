@@ -1,16 +1,27 @@
-//! The hidden `/.lunafs` control directory: a small virtual tree answered by the adapter,
-//! never stored. It is reachable by name from the root but not listed there, and nothing in it
-//! can be created, renamed or removed through the filesystem.
+//! The hidden `/.lunafs` control directory: a virtual tree answered by the adapter, never
+//! stored as files. It is reachable by name from the root but not listed there.
 //!
-//! It holds `version` (what this lunafs is and which store format it speaks) and `stats`
-//! (counters, see `fs::stats`); the class and topic files of later issues join it here.
-//! Files are generated at open and read with direct I/O, so their size shows as 0.
+//! ```text
+//! /.lunafs/version            what this lunafs is and which store format it speaks
+//! /.lunafs/stats              counters (see `fs::stats`), generated at open
+//! /.lunafs/call               handler calls: request/response on one open file (`fs::call`)
+//! /.lunafs/classes/NAME.lua   object classes: write to install, read the source, unlink
+//! /.lunafs/packages/MODULE@VERSION.lua   Lua modules for `require`, same operations
+//! ```
+//!
+//! Class and module files are stored at close (the first flush after writing): a syntax
+//! error fails that close with EINVAL and is logged, and the store keeps what it had. Only
+//! the mount's owner may change them (mode bits, enforced by the kernel). Files are read and
+//! written with direct I/O, so the kernel neither caches them nor trusts their size.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, FileType, INodeNo};
+use parking_lot::Mutex;
 
-use crate::core::FIRST_VIRTUAL_INO;
+use crate::core::class::ModuleId;
+use crate::core::{Core, FIRST_VIRTUAL_INO};
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
 use crate::store::schema::{CHUNK_SIZE, SCHEMA_VERSION};
@@ -20,12 +31,61 @@ pub const VERSION_INO: Ino = FIRST_VIRTUAL_INO + 1;
 /// Request counters and store facts as JSON, generated at each open (by the adapter, which
 /// owns the counters).
 pub const STATS_INO: Ino = FIRST_VIRTUAL_INO + 2;
+pub const CALL_INO: Ino = FIRST_VIRTUAL_INO + 3;
+pub const CLASSES_INO: Ino = FIRST_VIRTUAL_INO + 4;
+pub const PACKAGES_INO: Ino = FIRST_VIRTUAL_INO + 5;
+/// Class and module files get numbers from here on, one per name for the mount's life.
+const FIRST_DYNAMIC: Ino = FIRST_VIRTUAL_INO + 0x1000;
+
+const SUFFIX: &str = ".lua";
+
+/// What a control inode is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Node {
+    Dir,
+    Version,
+    Stats,
+    Call,
+    ClassesDir,
+    PackagesDir,
+    Class(String),
+    Module(ModuleId),
+}
+
+impl Node {
+    /// A stored script file (class or module): writable by the owner.
+    pub fn is_script(&self) -> bool {
+        matches!(self, Node::Class(_) | Node::Module(_))
+    }
+}
+
+/// Parses `MODULE@VERSION.lua` (MODULE is the package name or `package.sub`).
+fn module_file(name: &str) -> Option<ModuleId> {
+    let (module, version) = name.strip_suffix(SUFFIX)?.split_once('@')?;
+    let package = module.split('.').next()?;
+    Some(ModuleId {
+        package: package.to_string(),
+        version: version.to_string(),
+        module: module.to_string(),
+    })
+}
+
+fn module_file_name(id: &ModuleId) -> String {
+    format!("{}@{}{SUFFIX}", id.module, id.version)
+}
+
+#[derive(Default)]
+struct Dynamic {
+    by_ino: HashMap<Ino, Node>,
+    by_node: HashMap<Node, Ino>,
+}
 
 pub struct Control {
     since: SystemTime,
     uid: u32,
     gid: u32,
     version: Vec<u8>,
+    dynamic: Mutex<Dynamic>,
 }
 
 impl Control {
@@ -39,6 +99,7 @@ impl Control {
                 env!("CARGO_PKG_VERSION")
             )
             .into_bytes(),
+            dynamic: Mutex::new(Dynamic::default()),
         }
     }
 
@@ -46,11 +107,61 @@ impl Control {
         ino >= FIRST_VIRTUAL_INO
     }
 
-    pub fn attr(&self, ino: Ino) -> Result<FileAttr> {
-        let (kind, perm, nlink, size) = match ino {
-            DIR_INO => (FileType::Directory, 0o555, 2, 0),
-            VERSION_INO | STATS_INO => (FileType::RegularFile, 0o444, 1, 0),
-            _ => return Err(Error::NotFound(format!("control inode {ino}"))),
+    /// The inode number of a dynamic node, assigned on first sight.
+    fn ino_of(&self, node: Node) -> Ino {
+        let mut d = self.dynamic.lock();
+        if let Some(&ino) = d.by_node.get(&node) {
+            return ino;
+        }
+        let ino = FIRST_DYNAMIC + d.by_ino.len() as u64;
+        d.by_ino.insert(ino, node.clone());
+        d.by_node.insert(node, ino);
+        ino
+    }
+
+    pub fn node(&self, ino: Ino) -> Result<Node> {
+        Ok(match ino {
+            DIR_INO => Node::Dir,
+            VERSION_INO => Node::Version,
+            STATS_INO => Node::Stats,
+            CALL_INO => Node::Call,
+            CLASSES_INO => Node::ClassesDir,
+            PACKAGES_INO => Node::PackagesDir,
+            _ => self
+                .dynamic
+                .lock()
+                .by_ino
+                .get(&ino)
+                .cloned()
+                .ok_or_else(|| Error::NotFound(format!("control inode {ino}")))?,
+        })
+    }
+
+    /// The stored contents of a script node (None if it is not stored, e.g. just created).
+    fn stored(&self, core: &Core, node: &Node) -> Result<Option<Vec<u8>>> {
+        match node {
+            Node::Class(name) => Ok(core.class(name)?.map(|s| s.source.to_vec())),
+            Node::Module(id) => match core.package_source(id) {
+                Ok(s) => Ok(Some(s)),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    pub fn attr(&self, core: &Core, ino: Ino) -> Result<FileAttr> {
+        let node = self.node(ino)?;
+        let (kind, perm, nlink, size) = match &node {
+            Node::Dir => (FileType::Directory, 0o755, 4, 0),
+            Node::ClassesDir | Node::PackagesDir => (FileType::Directory, 0o755, 2, 0),
+            Node::Version | Node::Stats => (FileType::RegularFile, 0o444, 1, 0),
+            // Anyone may send calls; each call checks the caller's access to its object.
+            Node::Call => (FileType::RegularFile, 0o666, 1, 0),
+            Node::Class(_) | Node::Module(_) => {
+                let len = self.stored(core, &node)?.map_or(0, |s| s.len() as u64);
+                (FileType::RegularFile, 0o644, 1, len)
+            }
         };
         Ok(FileAttr {
             ino: INodeNo(ino),
@@ -71,30 +182,121 @@ impl Control {
         })
     }
 
-    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<FileAttr> {
-        match (parent, name) {
-            (DIR_INO, b"version") => self.attr(VERSION_INO),
-            (DIR_INO, b"stats") => self.attr(STATS_INO),
-            _ => Err(Error::NotFound(String::from_utf8_lossy(name).into_owned())),
+    /// The node a new file `name` in directory `parent` would be (create), validated.
+    pub fn new_node(&self, parent: Ino, name: &[u8]) -> Result<Node> {
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        let name = std::str::from_utf8(name).map_err(|_| Error::InvalidName(shown()))?;
+        let node = match parent {
+            CLASSES_INO => {
+                let class = name.strip_suffix(SUFFIX).ok_or_else(|| {
+                    Error::InvalidArgument(format!("{name}: class files are named CLASS.lua"))
+                })?;
+                crate::core::class::check_class_name(class)?;
+                Node::Class(class.to_string())
+            }
+            PACKAGES_INO => Node::Module(module_file(name).ok_or_else(|| {
+                Error::InvalidArgument(format!("{name}: module files are named MODULE@VERSION.lua"))
+            })?),
+            _ => {
+                return Err(Error::NotPermitted(format!(
+                    "/.lunafs: cannot create {name}"
+                )))
+            }
+        };
+        Ok(node)
+    }
+
+    /// The inode of `node`, for a reply.
+    pub fn ino(&self, node: Node) -> Ino {
+        match node {
+            Node::Dir => DIR_INO,
+            Node::Version => VERSION_INO,
+            Node::Stats => STATS_INO,
+            Node::Call => CALL_INO,
+            Node::ClassesDir => CLASSES_INO,
+            Node::PackagesDir => PACKAGES_INO,
+            dynamic => self.ino_of(dynamic),
         }
     }
 
+    pub fn lookup(&self, core: &Core, parent: Ino, name: &[u8]) -> Result<FileAttr> {
+        let missing = || Error::NotFound(String::from_utf8_lossy(name).into_owned());
+        let node = match (parent, name) {
+            (DIR_INO, b"version") => Node::Version,
+            (DIR_INO, b"stats") => Node::Stats,
+            (DIR_INO, b"call") => Node::Call,
+            (DIR_INO, b"classes") => Node::ClassesDir,
+            (DIR_INO, b"packages") => Node::PackagesDir,
+            (CLASSES_INO | PACKAGES_INO, _) => {
+                let node = self.new_node(parent, name).map_err(|_| missing())?;
+                if self.stored(core, &node)?.is_none() {
+                    return Err(missing());
+                }
+                node
+            }
+            _ => return Err(missing()),
+        };
+        self.attr(core, self.ino(node))
+    }
+
     /// Entries of a control directory (without `.` and `..`).
-    pub fn entries(&self, ino: Ino) -> Result<Vec<(Ino, FileType, &'static [u8])>> {
-        match ino {
-            DIR_INO => Ok(vec![
-                (STATS_INO, FileType::RegularFile, b"stats"),
-                (VERSION_INO, FileType::RegularFile, b"version"),
+    pub fn entries(&self, core: &Core, ino: Ino) -> Result<Vec<(Ino, FileType, Vec<u8>)>> {
+        let file = |node: Node, name: String| (self.ino(node), FileType::RegularFile, name.into());
+        match self.node(ino)? {
+            Node::Dir => Ok(vec![
+                (CALL_INO, FileType::RegularFile, b"call".to_vec()),
+                (CLASSES_INO, FileType::Directory, b"classes".to_vec()),
+                (PACKAGES_INO, FileType::Directory, b"packages".to_vec()),
+                (STATS_INO, FileType::RegularFile, b"stats".to_vec()),
+                (VERSION_INO, FileType::RegularFile, b"version".to_vec()),
             ]),
+            Node::ClassesDir => Ok(core
+                .class_names()?
+                .into_iter()
+                .map(|c| file(Node::Class(c.clone()), format!("{c}{SUFFIX}")))
+                .collect()),
+            Node::PackagesDir => Ok(core
+                .packages()?
+                .into_iter()
+                .map(|m| {
+                    let name = module_file_name(&m);
+                    file(Node::Module(m), name)
+                })
+                .collect()),
             _ => Err(Error::NotDir(format!("control inode {ino}"))),
         }
     }
 
-    /// The contents of a static control file.
-    pub fn contents(&self, ino: Ino) -> Result<Vec<u8>> {
-        match ino {
-            VERSION_INO => Ok(self.version.clone()),
-            _ => Err(Error::IsDir(format!("control inode {ino}"))),
+    /// The contents of a readable control file (not `stats`, which the adapter makes).
+    pub fn contents(&self, core: &Core, node: &Node) -> Result<Vec<u8>> {
+        match node {
+            Node::Version => Ok(self.version.clone()),
+            Node::Class(_) | Node::Module(_) => self
+                .stored(core, node)?
+                .ok_or_else(|| Error::NotFound(format!("{node:?}"))),
+            _ => Err(Error::IsDir(format!("{node:?}"))),
+        }
+    }
+
+    /// Stores a script file's new contents (at close).
+    pub fn store(&self, core: &Core, node: &Node, data: &[u8]) -> Result<()> {
+        match node {
+            Node::Class(name) => core.class_put(name, data),
+            Node::Module(id) => core.package_put(id, data),
+            _ => Err(Error::NotPermitted(format!(
+                "/.lunafs: {node:?} is read-only"
+            ))),
+        }
+    }
+
+    /// unlink inside `/.lunafs`: removes a class or one module version.
+    pub fn remove(&self, core: &Core, parent: Ino, name: &[u8]) -> Result<()> {
+        match self.new_node(parent, name)? {
+            Node::Class(c) => core.class_remove(&c),
+            Node::Module(m) => core
+                .package_remove(&m.package, Some(&m.version), Some(&m.module))
+                .map(|_| ()),
+            _ => Err(Error::NotPermitted("/.lunafs".into())),
         }
     }
 }
@@ -106,4 +308,20 @@ pub fn slice(data: &[u8], offset: u64, len: u32) -> &[u8] {
         .min(data.len());
     let end = start.saturating_add(len as usize).min(data.len());
     &data[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_file_names_round_trip() {
+        let id = module_file("json.util@1.2.0.lua").unwrap();
+        assert_eq!(id.package, "json");
+        assert_eq!(id.module, "json.util");
+        assert_eq!(id.version, "1.2.0");
+        assert_eq!(module_file_name(&id), "json.util@1.2.0.lua");
+        assert!(module_file("json.lua").is_none());
+        assert!(module_file("json@1").is_none());
+    }
 }

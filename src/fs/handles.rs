@@ -4,12 +4,14 @@
 //! after opendir to be missed, never to be listed twice).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fuser::FileType;
 use parking_lot::Mutex;
 
+use super::call::Exchange;
+use super::control::Node;
 use crate::store::keys::Ino;
 
 #[derive(Debug, Clone)]
@@ -27,8 +29,16 @@ pub enum Handle {
         ino: Ino,
         listing: Mutex<Option<Arc<Vec<Listed>>>>,
     },
-    /// A file of the virtual `/.lunafs` tree, with its contents as of open.
+    /// A read-only file of the virtual `/.lunafs` tree, with its contents as of open.
     Control { data: Vec<u8> },
+    /// A class or module file open for writing: the new contents, stored at close.
+    Script {
+        node: Node,
+        data: Mutex<Vec<u8>>,
+        dirty: AtomicBool,
+    },
+    /// An open `/.lunafs/call`.
+    Call { exchange: Mutex<Exchange> },
 }
 
 pub struct Handles {
@@ -58,6 +68,11 @@ impl Handles {
 
     pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
         self.open.lock().get(&fh).cloned()
+    }
+
+    /// Every open handle (a snapshot).
+    pub fn all(&self) -> Vec<Arc<Handle>> {
+        self.open.lock().values().cloned().collect()
     }
 
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {

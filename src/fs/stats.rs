@@ -77,6 +77,8 @@ pub struct Stats {
     errors: [AtomicU64; OPS.len()],
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    handler_calls: AtomicU64,
+    handler_failures: AtomicU64,
 }
 
 impl Default for Stats {
@@ -93,6 +95,8 @@ impl Stats {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            handler_calls: AtomicU64::new(0),
+            handler_failures: AtomicU64::new(0),
         }
     }
 
@@ -106,6 +110,14 @@ impl Stats {
 
     pub fn read(&self, n: usize) {
         self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A handler call ended; `ok` when its result was >= 0.
+    pub fn handler(&self, ok: bool) {
+        self.handler_calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.handler_failures.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn wrote(&self, n: usize) {
@@ -127,6 +139,12 @@ impl Stats {
         );
         let _ = writeln!(s, "  \"bytes_read\": {},", load(&self.bytes_read));
         let _ = writeln!(s, "  \"bytes_written\": {},", load(&self.bytes_written));
+        let _ = writeln!(s, "  \"handler_calls\": {},", load(&self.handler_calls));
+        let _ = writeln!(
+            s,
+            "  \"handler_failures\": {},",
+            load(&self.handler_failures)
+        );
         let total_errors: u64 = self.errors.iter().map(load).sum();
         let _ = writeln!(s, "  \"errors_total\": {total_errors},");
         for (label, counters) in [("ops", &self.calls), ("errors", &self.errors)] {

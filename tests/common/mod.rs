@@ -234,3 +234,74 @@ impl TestFs {
         );
     }
 }
+
+/// What a handler call returned: result, output and (on failure) message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Called {
+    pub result: i32,
+    pub output: Vec<u8>,
+    pub message: String,
+}
+
+impl TestFs {
+    /// Installs class `name` by writing `/.lunafs/classes/NAME.lua`.
+    pub fn put_class(&self, name: &str, source: &str) {
+        fs::write(self.path(&format!(".lunafs/classes/{name}.lua")), source)
+            .unwrap_or_else(|e| panic!("installing class {name}: {e}\n{}", self.log()));
+    }
+
+    /// Installs a shipped class from the repository's `lua/classes/`.
+    pub fn put_shipped_class(&self, name: &str) {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("lua/classes/{name}.lua"));
+        self.put_class(name, &fs::read_to_string(src).unwrap());
+    }
+
+    /// A handler call through `/.lunafs/call` (the control-file protocol).
+    pub fn call(&self, object: &str, method: &str, input: &[u8]) -> Called {
+        let mut req = format!("exec {method} {} {object}\n", input.len()).into_bytes();
+        req.extend_from_slice(input);
+        self.exchange(&req)
+    }
+
+    /// An inline-script call (eval) through `/.lunafs/call`.
+    pub fn eval(&self, object: &str, script: &str, method: &str, input: &[u8]) -> Called {
+        let mut req =
+            format!("eval {method} {} {} {object}\n", script.len(), input.len()).into_bytes();
+        req.extend_from_slice(script.as_bytes());
+        req.extend_from_slice(input);
+        self.exchange(&req)
+    }
+
+    fn exchange(&self, request: &[u8]) -> Called {
+        use std::io::{Read, Write};
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.path(".lunafs/call"))
+            .unwrap();
+        f.write_all(request).unwrap();
+        let mut resp = Vec::new();
+        f.read_to_end(&mut resp).unwrap();
+        parse_response(&resp)
+            .unwrap_or_else(|| panic!("malformed response {:?}", String::from_utf8_lossy(&resp)))
+    }
+}
+
+/// RESULT OUTPUT_LEN MESSAGE_LEN\n OUTPUT MESSAGE
+pub fn parse_response(r: &[u8]) -> Option<Called> {
+    let nl = r.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&r[..nl]).ok()?;
+    let mut it = head.split(' ');
+    let result = it.next()?.parse().ok()?;
+    let out_len: usize = it.next()?.parse().ok()?;
+    let msg_len: usize = it.next()?.parse().ok()?;
+    let body = &r[nl + 1..];
+    if body.len() != out_len + msg_len {
+        return None;
+    }
+    Some(Called {
+        result,
+        output: body[..out_len].to_vec(),
+        message: String::from_utf8_lossy(&body[out_len..]).into_owned(),
+    })
+}
