@@ -18,6 +18,10 @@ fi
 [ -d "$MNT/demo" ] || mkdir "$MNT/demo"
 echo "hello from lunafs" > "$MNT/demo/hello.txt"
 setfattr -n user.greeting -v hello "$MNT/demo/hello.txt"
+# The shipped object classes, and one call of each kind.
+for class in lua/classes/*.lua; do "$BIN" class put -m "$MNT" "$class"; done
+"$BIN" call "$MNT/demo/hello.txt" md5.digest >/dev/null
 echo "lunafs is mounted at $MNT (store: $STORE, log: $STORE/lunafs.log)"
 echo "try:  ls -l $MNT/demo; getfattr -d $MNT/demo/hello.txt; cat $MNT/.lunafs/version"
+echo "      lunafs call $MNT/demo/hello.txt md5.digest; ls $MNT/.lunafs/classes"
 echo "stop: $BIN umount $MNT"

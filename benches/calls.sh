@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Object-class benchmark (issue: object classes):
+#  1. round trip of a no-op handler: through /.lunafs/call (one open file, many requests),
+#     through setxattr(2) (what `setfattr -n user.cls.C.M` does, without the process), and
+#     through the `lunafs call` CLI (a process per call): calls/s, p50 and p99 latency.
+#  2. MD5 of a 256 MiB object: in place (`lunafs call FILE md5.digest`) against reading it
+#     through the mount and hashing in the client (md5sum), cold cache: time, and the bytes
+#     that crossed the FUSE boundary (from /.lunafs/stats).
+#
+#   benches/calls.sh [--quick]     (--quick: fewer calls, a 64 MiB object)
+# Needs root (drop_caches) and python3. Works under $BENCH_DIR (default /var/tmp/lunafs-calls).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CALLS=5000; CLI_CALLS=300; MB=256
+if [ "${1:-}" = "--quick" ]; then CALLS=1000; CLI_CALLS=50; MB=64; fi
+BASE=${BENCH_DIR:-/var/tmp/lunafs-calls}
+BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
+cargo build --release --locked >/dev/null
+[ "$(id -u)" -eq 0 ] || { echo "run as root (drop_caches)" >&2; exit 1; }
+cleanup() {
+  if mountpoint -q "$BASE/mnt"; then "$BIN" umount "$BASE/mnt" || true; fi
+  rm -rf "$BASE"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$BASE/mnt"
+"$BIN" mount "$BASE/store" "$BASE/mnt"
+MNT="$BASE/mnt"
+mkdir "$MNT/b"
+echo x > "$MNT/b/obj"
+cat > "$BASE/noop.lua" <<'EOF'
+function noop(input, output) end
+objclass.register(noop)
+EOF
+"$BIN" class put -m "$MNT" "$BASE/noop.lua"
+"$BIN" class put -m "$MNT" lua/classes/md5.lua
+
+echo "## handler call round trip (no-op handler)"
+echo
+echo "| path | calls | calls/s | p50 (µs) | p99 (µs) |"
+echo "|---|---|---|---|---|"
+python3 - "$MNT" "$CALLS" "$CLI_CALLS" "$BIN" <<'PY'
+import os, subprocess, sys, time
+mnt, n, n_cli, binary = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+obj = f"{mnt}/b/obj"
+
+def report(name, lat):
+    lat.sort()
+    total = sum(lat)
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6
+    print(f"| {name} | {len(lat)} | {len(lat) / total:.0f} | {p(0.50):.0f} | {p(0.99):.0f} |")
+
+# Control file: one open file, request then response, n times.
+fd = os.open(f"{mnt}/.lunafs/call", os.O_RDWR)
+req = b"exec noop.noop 0 b/obj\n"
+lat = []
+for _ in range(n):
+    t = time.perf_counter()
+    os.write(fd, req)
+    resp = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        resp += chunk
+    lat.append(time.perf_counter() - t)
+    assert resp.startswith(b"0 "), resp
+os.close(fd)
+report("control file (/.lunafs/call)", lat)
+
+lat = []
+for _ in range(n):
+    t = time.perf_counter()
+    os.setxattr(obj, "user.cls.noop.noop", b"")
+    lat.append(time.perf_counter() - t)
+report("setxattr user.cls.noop.noop", lat)
+
+lat = []
+for _ in range(n_cli):
+    t = time.perf_counter()
+    subprocess.run([binary, "call", obj, "noop.noop"], check=True, stdout=subprocess.DEVNULL)
+    lat.append(time.perf_counter() - t)
+report("CLI (lunafs call, a process per call)", lat)
+PY
+
+echo
+echo "## MD5 of a ${MB} MiB object, cold cache"
+echo
+dd if=/dev/urandom of="$MNT/b/big" bs=1M count="$MB" status=none
+sync
+python3 - "$MNT" "$BIN" <<'PY'
+import json, subprocess, sys, time
+mnt, binary = sys.argv[1], sys.argv[2]
+obj = f"{mnt}/b/big"
+
+def stats():
+    with open(f"{mnt}/.lunafs/stats") as f:
+        return json.load(f)
+
+def drop():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+def run(name, cmd):
+    drop()
+    before = stats()["bytes_read"]
+    t = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout.split()[0].decode()
+    elapsed = time.perf_counter() - t
+    moved = stats()["bytes_read"] - before
+    return name, elapsed, moved, out
+
+rows = [run("in place: lunafs call md5.digest", [binary, "call", obj, "md5.digest"]),
+        run("client: md5sum through the mount", ["md5sum", obj])]
+assert rows[0][3] == rows[1][3], rows
+print("| method | time (s) | bytes through FUSE | digest |")
+print("|---|---|---|---|")
+for name, elapsed, moved, digest in rows:
+    print(f"| {name} | {elapsed:.3f} | {moved} | {digest[:12]}… |")
+PY
