@@ -39,6 +39,8 @@ pub enum Error {
     ValueTooLarge(String, usize),
     #[error("reply of {0} bytes does not fit the caller's buffer")]
     BufferTooSmall(usize),
+    #[error("{0}: over the memory limit")]
+    NoMemory(String),
     #[error("{0}: not supported by lunafs")]
     Unsupported(String),
     #[error("{0}: file would exceed the maximum file size")]
@@ -105,6 +107,7 @@ impl Error {
             // EOPNOTSUPP (== ENOTSUP on Linux) is what setfattr/getfacl expect for ACLs.
             Error::Unsupported(_) => libc::EOPNOTSUPP,
             Error::FileTooBig(_) => libc::EFBIG,
+            Error::NoMemory(_) => libc::ENOMEM,
             Error::BadHandle(_) => libc::EBADF,
             Error::TooManyLinks(_) => libc::EMLINK,
             // Storage failures are I/O errors to the caller; the message goes to the log.
@@ -166,6 +169,7 @@ mod tests {
             (Error::BufferTooSmall(10), libc::ERANGE),
             (Error::Unsupported("a".into()), libc::EOPNOTSUPP),
             (Error::Corrupt("a".into()), libc::EIO),
+            (Error::NoMemory("a".into()), libc::ENOMEM),
             (
                 Error::io("x", io::Error::from_raw_os_error(libc::ENOSPC)),
                 libc::ENOSPC,

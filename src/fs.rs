@@ -323,10 +323,9 @@ impl fuser::Filesystem for LunaFs {
                         gid: None,
                         ..
                     },
-                ) if node.is_script() => {
-                    self.truncate_script(&node, *size);
-                    self.attr(ino.0)
-                }
+                ) if node.is_script() => self
+                    .truncate_script(&node, *size)
+                    .and_then(|_| self.attr(ino.0)),
                 (Ok(_), _) => Err(Error::NotPermitted("/.lunafs".into())),
                 (Err(e), _) => Err(e),
             };
@@ -742,7 +741,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         raw: &OsStr,
         value: &[u8],
@@ -763,7 +762,7 @@ impl fuser::Filesystem for LunaFs {
         let r = self
             .writable(ino.0)
             .and_then(|_| match invoke::xattr_call(raw.as_bytes()) {
-                Some(code) => self.call_by_xattr(ino.0, code, value),
+                Some(code) => self.call_by_xattr(req, ino.0, code, value),
                 None => self.core.setxattr(ino.0, raw.as_bytes(), value, mode),
             });
         match r {

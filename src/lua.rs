@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 /// -ENOMEM, the instruction and time limits with -ETIMEDOUT) and changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// Bytes a call may hold: the Lua heap plus the contents of its bufferlists.
+    /// Bytes a call may hold, counted three ways, each against this limit: the Lua heap,
+    /// the contents of its bufferlists and images, and the changes it has not committed.
     pub memory: usize,
     /// Lua VM instructions a call may execute.
     pub instructions: u64,

@@ -23,6 +23,9 @@ use schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
 
 use crate::error::{Error, Result};
 
+/// (package, version, module) of an installed Lua module.
+pub type PackageKey = (String, String, String);
+
 /// The daemon's log when mounted in the background; the only file a fresh store directory
 /// may already hold.
 pub const LOG_FILE: &str = "lunafs.log";
@@ -273,7 +276,7 @@ impl Store {
     }
 
     /// Every installed module: (package, version, module) and its source, in key order.
-    pub fn packages(&self) -> Result<Vec<((String, String, String), Vec<u8>)>> {
+    pub fn packages(&self) -> Result<Vec<(PackageKey, Vec<u8>)>> {
         let mut out = Vec::new();
         for item in self
             .db

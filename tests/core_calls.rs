@@ -54,6 +54,7 @@ fn call(core: &Core, ino: u64, input: &[u8]) -> lunafs::lua::Outcome {
         ino,
         entry: None,
         path: None,
+        uid: 0,
         may_shrink: true,
     };
     let code = Code::Inline {
@@ -157,6 +158,7 @@ fn a_call_on_a_directory_is_refused() {
         ino: b.ino,
         entry: None,
         path: None,
+        uid: 0,
         may_shrink: true,
     };
     let err = core
@@ -187,6 +189,7 @@ fn a_class_with_a_syntax_error_is_refused_and_the_old_version_stays() {
         ino,
         entry: None,
         path: None,
+        uid: 0,
         may_shrink: true,
     };
     let r = core

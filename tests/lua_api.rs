@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 use common::{errno_of, TestFs};
 
@@ -180,6 +181,16 @@ fn create_is_exclusive_on_request_and_remove_unlinks_the_object() {
     assert_eq!(fs.call("b/obj", "api.remove", b"").result, 0);
     assert_eq!(errno_of(fs::metadata(fs.path("b/obj"))), libc::ENOENT);
     assert!(fs::read_dir(fs.path("b")).unwrap().next().is_none());
+
+    // With a second name the inode lives on, emptied; the call's name is gone.
+    fs::write(fs.path("b/two"), b"data").unwrap();
+    fs::hard_link(fs.path("b/two"), fs.path("b/other-name")).unwrap();
+    xattr::set(fs.path("b/two"), "user.k", b"v").unwrap();
+    assert_eq!(fs.call("b/two", "api.remove", b"").result, 0);
+    assert_eq!(errno_of(fs::metadata(fs.path("b/two"))), libc::ENOENT);
+    assert_eq!(fs::read(fs.path("b/other-name")).unwrap(), b"");
+    assert_eq!(xattr::get(fs.path("b/other-name"), "user.k").unwrap(), None);
+    assert_eq!(fs::metadata(fs.path("b/other-name")).unwrap().nlink(), 1);
 
     // An xattr call does not know the file's name, so it cannot unlink it.
     fs::write(fs.path("b/kept"), b"y").unwrap();

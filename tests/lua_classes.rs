@@ -42,10 +42,11 @@ fn pseudo_random(len: usize) -> Vec<u8> {
 
 #[test]
 fn md5_class_matches_md5sum_through_all_three_invocation_paths() {
-    let fs = TestFs::mount();
+    // An object larger than the call's memory limit: read piece by piece, the budget holds.
+    let fs = TestFs::with_options("allow_other,lua_memory=8M");
     fs.bucket("b");
     fs.put_shipped_class("md5");
-    let data = pseudo_random(3 * 1024 * 1024 + 12345);
+    let data = pseudo_random(20 * 1024 * 1024 + 12345);
     let path = fs.path("b/blob.bin");
     fs::write(&path, &data).unwrap();
     let md5sum = sh(&format!("md5sum '{}'", path.display()));
@@ -259,11 +260,15 @@ fn classes_are_managed_as_files_and_a_syntax_error_fails_the_close() {
         libc::ENOENT
     );
     assert_eq!(fs.call("b/f", "md5.digest", b"").result, -libc::EOPNOTSUPP);
-    // Bad names are refused.
+    // Bad names are refused, and so are absurd sizes.
     assert_eq!(
         errno_of(fs::write(fs.path(".lunafs/classes/no-suffix"), b"")),
         libc::EINVAL
     );
+    let f = fs::File::create(fs.path(".lunafs/classes/big.lua")).unwrap();
+    use std::os::unix::fs::FileExt;
+    assert_eq!(errno_of(f.write_at(b"x", 1 << 40)), libc::EFBIG);
+    assert_eq!(errno_of(f.set_len(1 << 40)), libc::EFBIG);
 }
 
 #[test]
@@ -380,6 +385,32 @@ fn calls_check_the_callers_access_to_the_object() {
         "{out:?}"
     );
     assert_eq!(fs::read(fs.path("b/private")).unwrap(), b"secret");
+    // With write access, a user's handler still may not set trusted.* or security.*
+    // xattrs, which the kernel keeps for root.
+    fs.put_class(
+        "sec",
+        "function f(i, o) objclass.setxattr('security.capability', 'x') end objclass.register(f)",
+    );
+    fs::set_permissions(fs.path("b/private"), fs::Permissions::from_mode(0o666)).unwrap();
+    let out = common::run_as(
+        4242,
+        &[
+            LUNAFS,
+            "call",
+            fs.path("b/private").to_str().unwrap(),
+            "sec.f",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("-{}", libc::EPERM)),
+        "{out:?}"
+    );
+    assert_eq!(
+        xattr::get(fs.path("b/private"), "security.capability").unwrap(),
+        None
+    );
+    fs::set_permissions(fs.path("b/private"), fs::Permissions::from_mode(0o644)).unwrap();
     // And setfattr as that user is refused by the kernel.
     let out = common::run_as(
         4242,

@@ -166,6 +166,9 @@ function leak(input, output)
   string.leaked = "set"
 end
 function bad_require(input, output) require("os") end
+function finalizer(input, output)
+  setmetatable({}, { __gc = function() while true do end end })
+end
 objclass.register(spin)
 objclass.register(bomb)
 objclass.register(bl_bomb)
@@ -173,6 +176,7 @@ objclass.register(catch_limit)
 objclass.register(globals)
 objclass.register(leak)
 objclass.register(bad_require)
+objclass.register(finalizer)
 "#;
 
 #[test]
@@ -240,6 +244,10 @@ fn io_os_debug_and_loaders_are_absent_and_calls_share_no_globals() {
     let r = fs.call("b/obj", "sandbox.bad_require", b"");
     assert_eq!(r.result, -libc::EIO, "{r:?}");
     assert!(r.message.contains("not installed"), "{r:?}");
+    // A finalizer would run later, outside any call's limits.
+    let r = fs.call("b/obj", "sandbox.finalizer", b"");
+    assert_eq!(r.result, -libc::EIO, "{r:?}");
+    assert!(r.message.contains("__gc"), "{r:?}");
 }
 
 #[test]

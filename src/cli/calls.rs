@@ -6,6 +6,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -119,10 +120,12 @@ pub fn call(
     let dir = fs::canonicalize(parent).map_err(|e| Error::io(format!("{}", file.display()), e))?;
     let root = mount_root(&dir)?;
     let abs = dir.join(name);
-    let rel = abs
+    // The path's own bytes go in the request: a name need not be UTF-8.
+    let rel_path = abs
         .strip_prefix(&root)
-        .map_err(|_| Error::Usage(format!("{} is not inside a lunafs bucket", file.display())))?
-        .to_string_lossy();
+        .map_err(|_| Error::Usage(format!("{} is not inside a lunafs bucket", file.display())))?;
+    let rel = rel_path.as_os_str().as_bytes();
+    let shown = rel_path.display();
     let input = match (input, input_file) {
         (Some(s), _) => s.into_bytes(),
         (None, Some(f)) => read_file(f)?,
@@ -132,8 +135,9 @@ pub fn call(
         Some(path) => {
             let source = read_file(path)?;
             Engine::check(&path.display().to_string(), &source)?;
-            let mut r =
-                format!("eval {method} {} {} {rel}\n", source.len(), input.len()).into_bytes();
+            let mut r = format!("eval {method} {} {} ", source.len(), input.len()).into_bytes();
+            r.extend_from_slice(rel);
+            r.push(b'\n');
             r.extend_from_slice(&source);
             r
         }
@@ -143,7 +147,10 @@ pub fn call(
                     "{method:?}: expected CLASS.METHOD (or METHOD with --script)"
                 )));
             }
-            format!("exec {method} {} {rel}\n", input.len()).into_bytes()
+            let mut r = format!("exec {method} {} ", input.len()).into_bytes();
+            r.extend_from_slice(rel);
+            r.push(b'\n');
+            r
         }
     };
     request.extend_from_slice(&input);
@@ -166,7 +173,7 @@ pub fn call(
         .map_err(|e| Error::io("writing the output", e))?;
     if result < 0 {
         let errno = nix::errno::Errno::from_raw(-result);
-        eprintln!("lunafs: {method} on {rel}: result {result} ({errno}): {message}");
+        eprintln!("lunafs: {method} on {shown}: result {result} ({errno}): {message}");
         return Ok(1);
     }
     if result > 0 {

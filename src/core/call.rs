@@ -38,8 +38,11 @@ pub enum Code<'a> {
 pub struct Target {
     pub ino: Ino,
     pub entry: Option<(Ino, Name)>,
-    /// How logs name the object (`bucket/key`).
-    pub path: Option<String>,
+    /// The object's path from the mount root, as the caller gave it (for calls by path).
+    pub path: Option<Vec<u8>>,
+    /// The caller's uid: only root's handlers may write `trusted.*`/`security.*` xattrs,
+    /// as the kernel would allow only root (CAP_SYS_ADMIN) to write them itself.
+    pub uid: u32,
     /// Whether the call may leave the object smaller than it found it. The FUSE adapter
     /// says no when it could not make the kernel's cached size follow (see `fs::invoke`):
     /// such a call fails with EOPNOTSUPP instead of committing.
@@ -186,7 +189,7 @@ fn inline_generation(source: &[u8]) -> u64 {
 
 fn describe(target: &Target) -> String {
     match &target.path {
-        Some(p) => p.clone(),
+        Some(p) => String::from_utf8_lossy(p).into_owned(),
         None => format!("inode {}", target.ino),
     }
 }
@@ -293,9 +296,26 @@ struct ObjectTxn<'c> {
     xattrs: Overlay,
     data_changed: bool,
     meta_changed: bool,
+    /// Bytes the overlays hold, and the most they may (the call's memory limit): the
+    /// changes live on the Rust heap, outside the Lua budget.
+    held: usize,
+    max_held: usize,
 }
 
 impl<'c> ObjectTxn<'c> {
+    /// Accounts `added` new and `removed` replaced overlay bytes.
+    fn hold(&mut self, added: usize, removed: usize) -> Result<()> {
+        let held = (self.held + added).saturating_sub(removed);
+        if held > self.max_held {
+            return Err(Error::NoMemory(format!(
+                "{}: the call's pending changes",
+                describe(self.target)
+            )));
+        }
+        self.held = held;
+        Ok(())
+    }
+
     fn new(core: &'c Core, target: &'c Target, inode: Inode) -> Self {
         ObjectTxn {
             core,
@@ -310,6 +330,8 @@ impl<'c> ObjectTxn<'c> {
             xattrs: Overlay::default(),
             data_changed: false,
             meta_changed: false,
+            held: 0,
+            max_held: core.engine.limits().memory,
         }
     }
 
@@ -485,7 +507,11 @@ impl Object for ObjectTxn<'_> {
             |index| self.chunk(index),
             |index, chunk| written.push((index, chunk.to_vec())),
         )?;
-        self.chunks.extend(written);
+        for (index, chunk) in written {
+            let old = self.chunks.get(&index).map_or(0, Vec::len);
+            self.hold(chunk.len(), old)?;
+            self.chunks.insert(index, chunk);
+        }
         self.inode.size = self.inode.size.max(end);
         self.changed_data();
         Ok(())
@@ -553,12 +579,20 @@ impl Object for ObjectTxn<'_> {
         match xname(name)? {
             XName::Omap(k) => self.map_set_val(k, value),
             XName::Plain(n) => {
+                if self.target.uid != 0 {
+                    return Err(Error::NotPermitted(format!(
+                        "{}: only root's handlers may set {}",
+                        describe(self.target),
+                        String::from_utf8_lossy(n)
+                    )));
+                }
                 if value.len() > XATTR_SIZE_MAX {
                     return Err(Error::ValueTooLarge(
                         String::from_utf8_lossy(n).into_owned(),
                         value.len(),
                     ));
                 }
+                self.hold(n.len() + value.len(), 0)?;
                 self.xattrs.set(n, Some(value));
                 self.meta_changed = true;
                 Ok(())
@@ -577,6 +611,7 @@ impl Object for ObjectTxn<'_> {
     fn map_set_val(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.present()?;
         check_omap_key(key)?;
+        self.hold(key.len() + value.len(), 0)?;
         self.omap.set(key, Some(value));
         self.meta_changed = true;
         Ok(())

@@ -32,7 +32,7 @@ pub struct ModuleId {
 
 #[derive(Default)]
 pub struct Registry {
-    classes: RwLock<HashMap<String, Option<Arc<Script>>>>,
+    classes: RwLock<HashMap<String, Arc<Script>>>,
     /// Module name -> newest installed version; emptied on every package change.
     modules: RwLock<HashMap<String, Option<Arc<Script>>>>,
     generation: AtomicU64,
@@ -128,11 +128,11 @@ impl Core {
         batch.commit()?;
         classes.insert(
             name.to_string(),
-            Some(Arc::new(Script {
+            Arc::new(Script {
                 name: name.to_string(),
                 generation: self.registry.next_generation(),
                 source: source.into(),
-            })),
+            }),
         );
         tracing::info!(class = name, bytes = source.len(), "class stored");
         Ok(())
@@ -141,21 +141,24 @@ impl Core {
     /// The current version of class `name`, or None.
     pub fn class(&self, name: &str) -> Result<Option<Arc<Script>>> {
         if let Some(c) = self.registry.classes.read().get(name) {
-            return Ok(c.clone());
+            return Ok(Some(c.clone()));
         }
         let mut classes = self.registry.classes.write();
         if let Some(c) = classes.get(name) {
-            return Ok(c.clone());
+            return Ok(Some(c.clone()));
         }
-        let script = self.store.class(name)?.map(|source| {
-            Arc::new(Script {
-                name: name.to_string(),
-                generation: self.registry.next_generation(),
-                source: source.into(),
-            })
+        // Only classes that exist are cached: names asked for in vain (any user can ask)
+        // must not grow the cache.
+        let Some(source) = self.store.class(name)? else {
+            return Ok(None);
+        };
+        let script = Arc::new(Script {
+            name: name.to_string(),
+            generation: self.registry.next_generation(),
+            source: source.into(),
         });
         classes.insert(name.to_string(), script.clone());
-        Ok(script)
+        Ok(Some(script))
     }
 
     pub fn class_names(&self) -> Result<Vec<String>> {
@@ -170,7 +173,7 @@ impl Core {
         let mut batch = self.store.batch();
         batch.delete_class(name);
         batch.commit()?;
-        classes.insert(name.to_string(), None);
+        classes.remove(name);
         tracing::info!(class = name, "class removed");
         Ok(())
     }

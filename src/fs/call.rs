@@ -18,6 +18,10 @@ use crate::error::{Error, Result};
 /// Longest request line (a path of PATH_MAX plus the fields).
 const MAX_HEADER: usize = 8192;
 
+/// Largest script plus input of one request: the file is open to every user, and the bytes
+/// are held in the daemon until the request is complete.
+pub const MAX_BODY: usize = 256 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
     Exec { class: String, method: String },
@@ -105,7 +109,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>> {
     }
     let need = script_len
         .checked_add(input_len)
-        .ok_or_else(|| bad("lengths overflow"))?;
+        .filter(|&n| n <= MAX_BODY)
+        .ok_or_else(|| {
+            bad(format!(
+                "script and input may hold {MAX_BODY} bytes at most"
+            ))
+        })?;
     if body.len() < need {
         return Ok(None);
     }
@@ -222,6 +231,7 @@ mod tests {
         assert!(parse(b"exec a.b x b/k\n").is_err());
         assert!(parse(b"exec a.b 0\n").is_err());
         assert!(parse(b"exec a.b 0 b/k\nextra").is_err());
+        assert!(parse(format!("exec a.b {} b/k\n", MAX_BODY + 1).as_bytes()).is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn xattr_call(name: &[u8]) -> Option<(String, String)> {
 impl LunaFs {
     pub(super) fn call_by_xattr(
         &self,
+        req: &Request,
         ino: Ino,
         (class, method): (String, String),
         input: &[u8],
@@ -46,6 +47,7 @@ impl LunaFs {
             ino,
             entry: None,
             path: None,
+            uid: req.uid(),
             may_shrink: !self.writeback,
         };
         let code = Code::Class {
@@ -104,7 +106,8 @@ impl LunaFs {
         Ok(Target {
             ino: walked.inode.ino,
             entry: Some((walked.parent, walked.name)),
-            path: Some(shown()),
+            path: Some(path.to_vec()),
+            uid,
             may_shrink: true,
         })
     }
@@ -115,7 +118,8 @@ impl LunaFs {
         let Some(notifier) = self.notifier.get() else {
             return;
         };
-        if reply.changed && !reply.unlinked {
+        // Also after an unlink: the inode may live on (another link, an open file).
+        if reply.changed {
             // Offset 0, length 0: every cached page and the attributes.
             if let Err(e) = notifier.inval_inode(INodeNo(target.ino), 0, 0) {
                 tracing::debug!(ino = target.ino, error = %e, "invalidating the inode failed");
@@ -152,22 +156,40 @@ impl LunaFs {
             // size the store already has, on another worker thread. Waited for, so the
             // caller sees the new size once its call returns; bounded, so a mount with a
             // single worker thread (which would serve it only after this request) goes on.
-            let path = std::path::Path::new(&self.mountpoint).join(rel.trim_start_matches('/'));
+            let rel_path = std::path::Path::new(OsStr::from_bytes(rel));
+            let path = std::path::Path::new(&self.mountpoint)
+                .join(rel_path.strip_prefix("/").unwrap_or(rel_path));
+            let ino = target.ino;
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(nix::unistd::truncate(&path, after as libc::off_t));
+                let _ = tx.send(truncate_object(&path, ino, after));
             });
+            let shown = String::from_utf8_lossy(rel);
             match rx.recv_timeout(std::time::Duration::from_secs(5)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(object = %rel, error = %e, "truncating the kernel's copy failed")
+                    tracing::warn!(object = %shown, error = %e, "truncating the kernel's copy failed")
                 }
                 Err(_) => {
-                    tracing::warn!(object = %rel, "truncating the kernel's copy is taking long; not waiting")
+                    tracing::warn!(object = %shown, "truncating the kernel's copy is taking long; not waiting")
                 }
             }
         }
     }
+}
+
+/// Truncates the file at `path` only if it is still inode `ino`: the name may have been
+/// renamed or replaced since the call, and the daemon usually runs as root.
+fn truncate_object(path: &std::path::Path, ino: Ino, size: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if file.metadata()?.ino() != ino {
+        return Err(std::io::Error::other("the name now holds another file"));
+    }
+    file.set_len(size)
 }
 
 #[cfg(test)]

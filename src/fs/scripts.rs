@@ -12,6 +12,10 @@ use super::LunaFs;
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
 
+/// Largest class or module source: far beyond any script, small enough that a write at a
+/// huge offset cannot make the daemon allocate without bound.
+const MAX_SCRIPT: u64 = 16 << 20;
+
 impl LunaFs {
     /// open(2) of a control file; returns the handle number.
     pub(super) fn open_control(&self, ino: Ino, flags: OpenFlags) -> Result<u64> {
@@ -63,7 +67,10 @@ impl LunaFs {
 
     /// truncate(2) of a script file: applies to every open buffer of it. (The kernel's
     /// truncate for open(O_TRUNC) carries no file handle.)
-    pub(super) fn truncate_script(&self, node: &Node, size: u64) {
+    pub(super) fn truncate_script(&self, node: &Node, size: u64) -> Result<()> {
+        if size > MAX_SCRIPT {
+            return Err(Error::FileTooBig(size));
+        }
         for handle in self.handles.all() {
             if let Handle::Script {
                 node: n,
@@ -77,6 +84,7 @@ impl LunaFs {
                 }
             }
         }
+        Ok(())
     }
 
     /// write(2) to a control file.
@@ -91,9 +99,12 @@ impl LunaFs {
             Some(Handle::Script {
                 data: buf, dirty, ..
             }) => {
+                let end = offset.saturating_add(data.len() as u64);
+                if end > MAX_SCRIPT {
+                    return Err(Error::FileTooBig(end));
+                }
+                let (start, end) = (offset as usize, end as usize);
                 let mut buf = buf.lock();
-                let start = usize::try_from(offset).map_err(|_| Error::FileTooBig(offset))?;
-                let end = start + data.len();
                 if buf.len() < end {
                     buf.resize(end, 0);
                 }

@@ -81,6 +81,10 @@ impl UserData for Img {
         methods.add_method("thumbnail", |lua, this, spec: String| {
             let (w, h) =
                 parse_size(&spec).ok_or_else(|| err(format!("bad size {spec:?}, want WxH")))?;
+            // A thumbnail never enlarges: the box is capped at the image's own size, which
+            // also bounds what the resize allocates.
+            let (w, h) = (w.min(this.img.width()), h.min(this.img.height()));
+            sandbox::reserve(lua, w as usize * h as usize * 4)?;
             Img::create(lua, this.img.thumbnail(w, h))
         });
         methods.add_method(

@@ -134,8 +134,12 @@ pub fn module<'scope, 'env: 'scope, 'o: 'env>(
         "read",
         scope.create_function(move |lua, (off, len): (i64, i64)| {
             let (off, len) = (size_arg(off, "offset")?, size_arg(len, "length")?);
-            let len = len.min(super::sandbox::budget_left(lua) as u64);
-            let data = obj().read(off, len).map_err(raise)?;
+            // The bytes the read returns must fit the budget before they are read (a
+            // 1 PiB sparse file is a valid object); never a silently short read.
+            let (size, _) = obj().stat().map_err(raise)?;
+            let n = len.min(size.saturating_sub(off));
+            super::sandbox::reserve(lua, usize::try_from(n).unwrap_or(usize::MAX))?;
+            let data = obj().read(off, n).map_err(raise)?;
             Bl::create(lua, data)
         })?,
     )?;

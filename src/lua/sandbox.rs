@@ -32,21 +32,8 @@ use super::{Call, Limits, Modules, Object, Outcome, Script};
 
 /// Base functions every call may use.
 const SAFE_GLOBALS: &[&str] = &[
-    "assert",
-    "error",
-    "ipairs",
-    "next",
-    "pairs",
-    "rawequal",
-    "rawget",
-    "rawlen",
-    "rawset",
-    "select",
-    "setmetatable",
-    "tonumber",
-    "tostring",
-    "type",
-    "_VERSION",
+    "assert", "error", "ipairs", "next", "pairs", "rawequal", "rawget", "rawlen", "rawset",
+    "select", "tonumber", "tostring", "type", "_VERSION",
 ];
 
 /// Libraries every call gets a fresh copy of.
@@ -122,6 +109,14 @@ pub fn charge(lua: &Lua, n: usize) -> mlua::Result<()> {
         }
     }
     BUDGET.with(|b| b.held.set(b.held.get() + n));
+    Ok(())
+}
+
+/// Checks that `n` more bytes would fit the budget (collecting garbage if needed), without
+/// charging them: for reads whose result is charged once it exists.
+pub fn reserve(lua: &Lua, n: usize) -> mlua::Result<()> {
+    charge(lua, n)?;
+    release(n);
     Ok(())
 }
 
@@ -227,6 +222,22 @@ impl Vm {
         ))?;
         base.set("pcall", pcall)?;
         base.set("xpcall", xpcall)?;
+        // Finalizers would run later, outside any call's limits (at a collection, maybe in
+        // another call): a metatable with __gc is refused.
+        let real_setmetatable: Function = globals.get("setmetatable")?;
+        base.set(
+            "setmetatable",
+            lua.create_function(move |_, (t, mt): (Table, Option<Table>)| {
+                if let Some(mt) = &mt {
+                    if !matches!(mt.raw_get::<Value>("__gc")?, Value::Nil) {
+                        return Err(mlua::Error::runtime(
+                            "setmetatable: __gc finalizers are not allowed in handlers",
+                        ));
+                    }
+                }
+                real_setmetatable.call::<Table>((t, mt))
+            })?,
+        )?;
         let real_getmetatable: Function = globals.get("getmetatable")?;
         base.set(
             "getmetatable",
@@ -428,7 +439,11 @@ fn result_of(v: Option<Value>) -> Result<i32, (i32, String)> {
         },
         Some(other) => return bad(format!("a {}", other.type_name())),
     };
-    i32::try_from(n).or_else(|_| bad(format!("{n}, out of range")))
+    // i32::MIN has no positive errno to go with it.
+    i32::try_from(n)
+        .ok()
+        .filter(|&r| r != i32::MIN)
+        .map_or_else(|| bad(format!("{n}, out of range")), Ok)
 }
 
 /// The errno and message of an error that ended a call.
