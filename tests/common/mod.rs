@@ -104,11 +104,23 @@ impl TestFs {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let out = Command::new("fusermount3")
-            .arg("-u")
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
+        // Tests run in parallel threads of one process: a child that another thread forks
+        // holds copies of this thread's descriptors until it execs (CLOEXEC acts only then),
+        // so the mount can be busy for a moment after the last close. Retry briefly.
+        let mut tries = 0;
+        let out = loop {
+            let out = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .output()
+                .unwrap();
+            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+            if out.status.success() || !busy || tries == 50 {
+                break out;
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(
             out.status.success(),
             "fusermount3 -u: {}",
