@@ -18,9 +18,10 @@ fi
 [ -d "$MNT/demo" ] || mkdir "$MNT/demo"
 echo "hello from lunafs" > "$MNT/demo/hello.txt"
 setfattr -n user.greeting -v hello "$MNT/demo/hello.txt"
-# The shipped object classes, and one call of each kind.
+# The shipped object classes, and a handler call by CLI and by setfattr.
 for class in lua/classes/*.lua; do "$BIN" class put -m "$MNT" "$class"; done
 "$BIN" call "$MNT/demo/hello.txt" md5.digest >/dev/null
+setfattr -n user.cls.md5.digest "$MNT/demo/hello.txt"     # records user.md5
 echo "lunafs is mounted at $MNT (store: $STORE, log: $STORE/lunafs.log)"
 echo "try:  ls -l $MNT/demo; getfattr -d $MNT/demo/hello.txt; cat $MNT/.lunafs/version"
 echo "      lunafs call $MNT/demo/hello.txt md5.digest; ls $MNT/.lunafs/classes"
