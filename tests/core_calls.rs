@@ -49,14 +49,19 @@ end
 objclass.register(run)
 "#;
 
-fn call(core: &Core, ino: u64, input: &[u8]) -> lunafs::lua::Outcome {
-    let target = Target {
+/// A call on `ino` by root, as setfattr would make it (no name).
+fn target(ino: u64) -> Target {
+    Target {
         ino,
         entry: None,
         path: None,
         uid: 0,
         may_shrink: true,
-    };
+    }
+}
+
+fn call(core: &Core, ino: u64, input: &[u8]) -> lunafs::lua::Outcome {
+    let target = target(ino);
     let code = Code::Inline {
         script: OPS.as_bytes(),
         method: "run",
@@ -154,13 +159,7 @@ proptest! {
 fn a_call_on_a_directory_is_refused() {
     let (_d, core, _) = open();
     let b = core.lookup(ROOT, &n("b")).unwrap();
-    let target = Target {
-        ino: b.ino,
-        entry: None,
-        path: None,
-        uid: 0,
-        may_shrink: true,
-    };
+    let target = target(b.ino);
     let err = core
         .call(
             &target,
@@ -185,13 +184,7 @@ fn a_class_with_a_syntax_error_is_refused_and_the_old_version_stays() {
     let err = core.class_put("c", b"function f(").unwrap_err();
     assert_eq!(err.errno(), libc::EINVAL);
     assert!(err.to_string().contains('c'), "{err}");
-    let target = Target {
-        ino,
-        entry: None,
-        path: None,
-        uid: 0,
-        may_shrink: true,
-    };
+    let target = target(ino);
     let r = core
         .call(
             &target,
