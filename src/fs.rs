@@ -512,7 +512,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -528,7 +528,7 @@ impl fuser::Filesystem for LunaFs {
                 Some(Handle::Script { data, .. }) => {
                     Ok(control::slice(&data.lock(), offset, size).to_vec())
                 }
-                Some(Handle::Call { exchange }) => Ok(exchange.lock().read(size as usize)),
+                Some(Handle::Call { exchange }) => Ok(self.read_call(req, exchange, size)),
                 _ => Err(Error::BadHandle(fh.0)),
             }
         } else {
@@ -545,7 +545,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn write(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -560,7 +560,7 @@ impl fuser::Filesystem for LunaFs {
         // kernel's inode lock from a size that only this mount changes. Appending on our own
         // would misplace mmap writeback and ignore fcntl(F_SETFL) clearing O_APPEND.
         let r = if Control::owns(ino.0) {
-            self.write_control(req, fh.0, offset, data)
+            self.write_control(fh.0, offset, data)
         } else {
             self.core.write(ino.0, offset, data)
         };

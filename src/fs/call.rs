@@ -7,11 +7,13 @@
 //! response: RESULT OUTPUT_LEN MESSAGE_LEN\n  OUTPUT MESSAGE
 //! ```
 //! PATH is the object's path from the mount root (`bucket/key`, the rest of the line, so it
-//! may hold spaces). Writes append to the request whatever their offset; the call runs when
-//! the request is complete, inside the write(2) that completes it. Reads return the response
-//! in order, whatever their offset, like a socket; a new request may follow on the same
-//! open file. A malformed request fails its write with EINVAL; everything that goes wrong
-//! after parsing (no such object, no access, the handler's errors) is a response.
+//! may hold spaces). Writes append to the request whatever their offset; the call runs on the
+//! first read after the request is complete. (Not inside the write: the kernel holds the
+//! file's inode lock for a direct write, so calls made in writes would run one at a time
+//! across the whole mount; reads take no such lock.) Reads return the response in order,
+//! whatever their offset, like a socket; a new request may follow on the same open file. A
+//! malformed request fails its write with EINVAL; everything that goes wrong after parsing
+//! (no such object, no access, the handler's errors) is a response.
 
 use crate::error::{Error, Result};
 
@@ -149,30 +151,39 @@ pub fn response(result: i32, output: &[u8], message: &str) -> Vec<u8> {
 #[derive(Default)]
 pub struct Exchange {
     request: Vec<u8>,
+    /// A complete request whose call has not run yet (it runs on the next read).
+    pending: Option<Request>,
     response: Vec<u8>,
     read: usize,
 }
 
 impl Exchange {
-    /// Adds written bytes; returns the request once it is complete. A new request discards
-    /// an unread response.
-    pub fn write(&mut self, data: &[u8]) -> Result<Option<Request>> {
+    /// Adds written bytes; once they make a complete request it waits for the next read.
+    /// A new request discards an unread response (and a call never read).
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
         if self.request.is_empty() {
             self.response.clear();
             self.read = 0;
+            self.pending = None;
         }
         self.request.extend_from_slice(data);
         match parse(&self.request) {
             Ok(Some(req)) => {
                 self.request.clear();
-                Ok(Some(req))
+                self.pending = Some(req);
+                Ok(())
             }
-            Ok(None) => Ok(None),
+            Ok(None) => Ok(()),
             Err(e) => {
                 self.request.clear();
                 Err(e)
             }
         }
+    }
+
+    /// The request whose call is due (at a read), once.
+    pub fn take_pending(&mut self) -> Option<Request> {
+        self.pending.take()
     }
 
     pub fn respond(&mut self, response: Vec<u8>) {
@@ -237,12 +248,16 @@ mod tests {
     #[test]
     fn an_exchange_answers_in_order_and_takes_a_second_request() {
         let mut x = Exchange::default();
-        assert_eq!(x.write(b"exec a.b 2 b/k\nh").unwrap(), None);
-        let req = x.write(b"i").unwrap().unwrap();
+        x.write(b"exec a.b 2 b/k\nh").unwrap();
+        assert_eq!(x.take_pending(), None);
+        x.write(b"i").unwrap();
+        let req = x.take_pending().unwrap();
         assert_eq!(req.input, b"hi");
+        assert_eq!(x.take_pending(), None);
         x.respond(response(0, b"out", ""));
         assert_eq!(x.read(3), b"0 3");
         assert_eq!(x.read(100), b" 0\nout");
-        assert!(x.write(b"exec a.b 0 b/k\n").unwrap().is_some());
+        x.write(b"exec a.b 0 b/k\n").unwrap();
+        assert!(x.take_pending().is_some());
     }
 }

@@ -6,6 +6,9 @@ use std::sync::atomic::Ordering;
 
 use fuser::{FileAttr, OpenFlags, Request};
 
+use parking_lot::Mutex;
+
+use super::call::Exchange;
 use super::control::Node;
 use super::handles::Handle;
 use super::LunaFs;
@@ -87,14 +90,19 @@ impl LunaFs {
         Ok(())
     }
 
+    /// read(2) of `/.lunafs/call`: runs the call a complete request is waiting for (as the
+    /// reader: the file's opener), then returns the next bytes of the response.
+    pub(super) fn read_call(&self, req: &Request, exchange: &Mutex<Exchange>, len: u32) -> Vec<u8> {
+        let mut exchange = exchange.lock();
+        if let Some(request) = exchange.take_pending() {
+            let response = self.run_request(req, &request);
+            exchange.respond(response);
+        }
+        exchange.read(len as usize)
+    }
+
     /// write(2) to a control file.
-    pub(super) fn write_control(
-        &self,
-        req: &Request,
-        fh: u64,
-        offset: u64,
-        data: &[u8],
-    ) -> Result<usize> {
+    pub(super) fn write_control(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         match self.handles.get(fh).as_deref() {
             Some(Handle::Script {
                 data: buf, dirty, ..
@@ -113,10 +121,7 @@ impl LunaFs {
                 Ok(data.len())
             }
             Some(Handle::Call { exchange }) => {
-                let mut exchange = exchange.lock();
-                if let Some(request) = exchange.write(data)? {
-                    exchange.respond(self.run_request(req, &request));
-                }
+                exchange.lock().write(data)?;
                 Ok(data.len())
             }
             Some(_) => Err(Error::NotPermitted("/.lunafs: read-only file".into())),
