@@ -396,11 +396,9 @@ impl<'c> ObjectTxn<'c> {
                 .expect("remove() refuses calls without an entry");
             txn.batch.delete_dentry(*parent, name.as_bytes());
             dir::touch_dir(txn.modify(*parent)?, now, 0);
-            // The last name of a closed file: drop_link purges the inode and all it owns,
-            // so there is no content left to write.
-            let last = txn.get(ino)?.nlink <= 1 && !core.is_open(ino);
-            core.drop_link(&mut txn, ino, now)?;
-            if last {
+            // The last name of a closed file: the inode and all it owns are purged, so
+            // there is no content left to write.
+            if core.drop_link(&mut txn, ino, now)? {
                 txn.commit()?;
                 return Ok(true);
             }

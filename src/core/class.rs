@@ -33,8 +33,9 @@ pub struct ModuleId {
 #[derive(Default)]
 pub struct Registry {
     classes: RwLock<HashMap<String, Arc<Script>>>,
-    /// Module name -> newest installed version; emptied on every package change.
-    modules: RwLock<HashMap<String, Option<Arc<Script>>>>,
+    /// Module name -> newest installed version; emptied on every package change. Only
+    /// modules that exist: names required in vain (any caller can) must not grow it.
+    modules: RwLock<HashMap<String, Arc<Script>>>,
     generation: AtomicU64,
 }
 
@@ -253,7 +254,7 @@ impl Core {
     /// The newest installed version of module `name`.
     fn module(&self, name: &str) -> Result<Option<Arc<Script>>> {
         if let Some(m) = self.registry.modules.read().get(name) {
-            return Ok(m.clone());
+            return Ok(Some(m.clone()));
         }
         let mut modules = self.registry.modules.write();
         let package = name.split('.').next().unwrap_or(name);
@@ -263,15 +264,16 @@ impl Core {
             .into_iter()
             .filter(|((p, _, m), _)| p == package && m == name)
             .max_by(|((_, a, _), _), ((_, b, _), _)| compare_versions(a, b));
-        let script = newest.map(|((_, version, module), source)| {
-            Arc::new(Script {
-                name: format!("{module}@{version}"),
-                generation: self.registry.next_generation(),
-                source: source.into(),
-            })
+        let Some(((_, version, module), source)) = newest else {
+            return Ok(None);
+        };
+        let script = Arc::new(Script {
+            name: format!("{module}@{version}"),
+            generation: self.registry.next_generation(),
+            source: source.into(),
         });
         modules.insert(name.to_string(), script.clone());
-        Ok(script)
+        Ok(Some(script))
     }
 }
 

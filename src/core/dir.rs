@@ -377,7 +377,9 @@ impl Core {
                     touch_dir(txn.modify(newparent)?, now, -1);
                     txn.purge(d.ino);
                 }
-                (false, false) => self.drop_link(&mut txn, d.ino, now)?,
+                (false, false) => {
+                    self.drop_link(&mut txn, d.ino, now)?;
+                }
             }
         }
         txn.batch.delete_dentry(parent, name.as_bytes());
@@ -435,8 +437,9 @@ impl Core {
     }
 
     /// Removes one name of a non-directory: the inode goes with its last name, unless it is
-    /// still open, in which case it becomes an orphan until its last close.
-    pub(super) fn drop_link(&self, txn: &mut Txn<'_>, ino: Ino, now: Timestamp) -> Result<()> {
+    /// still open, in which case it becomes an orphan until its last close. Returns whether
+    /// the inode was purged (nothing of it may be written after that).
+    pub(super) fn drop_link(&self, txn: &mut Txn<'_>, ino: Ino, now: Timestamp) -> Result<bool> {
         let inode = txn.modify(ino)?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
@@ -445,9 +448,10 @@ impl Core {
                 txn.batch.put_orphan(ino);
             } else {
                 txn.purge(ino);
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 
