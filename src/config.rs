@@ -29,8 +29,10 @@ pub struct MountConfig {
     pub threads: usize,
     /// Kernel mount flags passed through as given (nosuid, nodev, noexec, noatime, ...).
     pub flags: Vec<MountOption>,
-    /// Per-call limits of Lua handlers.
+    /// Per-call limits of Lua handlers (and notification scripts).
     pub lua_limits: crate::lua::Limits,
+    /// How often the background script runs.
+    pub background_interval: Duration,
 }
 
 impl MountConfig {
@@ -46,6 +48,7 @@ impl MountConfig {
             threads: 4,
             flags: Vec::new(),
             lua_limits: crate::lua::Limits::default(),
+            background_interval: Duration::from_secs(10),
         }
     }
 
@@ -104,6 +107,13 @@ impl MountConfig {
                     return Err(bad("must be between 0.001 and 3600 seconds"));
                 }
                 self.lua_limits.time = Duration::from_secs_f64(secs);
+            }
+            ("background_interval", Some(v)) => {
+                let secs: f64 = v.parse().map_err(|_| bad("expected seconds"))?;
+                if !(0.01..=86400.0).contains(&secs) {
+                    return Err(bad("must be between 0.01 and 86400 seconds"));
+                }
+                self.background_interval = Duration::from_secs_f64(secs);
             }
             // Always on: permission checks are the kernel's, from the mode bits we store.
             ("default_permissions", None) => {}

@@ -8,7 +8,9 @@
 pub mod call;
 pub mod class;
 pub mod dir;
+pub mod events;
 pub mod fsck;
+pub mod global;
 pub mod locks;
 pub mod names;
 pub mod object;
@@ -79,6 +81,9 @@ pub struct Core {
     engine: crate::lua::Engine,
     /// Stored classes and packages, cached.
     registry: class::Registry,
+    /// Notification settings and event queueing.
+    events: events::Events,
+    global: global::Global,
 }
 
 impl Core {
@@ -125,7 +130,10 @@ impl Core {
             tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
         }
         let next = (store.max_ino()?.max(ROOT) + 1).max(store.ino_reserved()?);
+        let events = events::Events::open(&store)?;
         Ok(Core {
+            events,
+            global: global::Global::default(),
             store,
             locks: Locks::new(),
             next_ino: AtomicU64::new(next),

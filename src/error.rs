@@ -17,6 +17,8 @@ pub enum Error {
     Exists(String),
     #[error("{0}: directory not empty")]
     NotEmpty(String),
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}: not a directory")]
     NotDir(String),
     #[error("{0}: is a directory")]
@@ -89,6 +91,7 @@ impl Error {
             Error::NotFound(_) => libc::ENOENT,
             Error::Exists(_) => libc::EEXIST,
             Error::NotEmpty(_) => libc::ENOTEMPTY,
+            Error::Busy(_) => libc::EBUSY,
             Error::NotDir(_) => libc::ENOTDIR,
             Error::IsDir(_) => libc::EISDIR,
             Error::CrossBucket(_) => libc::EXDEV,

@@ -59,6 +59,8 @@ pub struct LunaFs {
     /// Tells the kernel to drop cached pages, attributes and entries that a handler call
     /// changed behind its back; set once the session exists.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// The notification dispatcher's counters (for stats), once it runs.
+    pub delivery: Option<Arc<crate::notify::Counters>>,
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -122,6 +124,13 @@ impl LunaFs {
                 ("mountpoint", json_str(&self.mountpoint)),
                 ("store_bytes", store.approximate_size().to_string()),
                 ("open_files", self.core.open_file_count().to_string()),
+                ("events_queued", self.core.events().queued().to_string()),
+                (
+                    "delivery",
+                    self.delivery
+                        .as_ref()
+                        .map_or("null".into(), |c| c.to_json().to_string()),
+                ),
             ])
             .into_bytes()
     }
@@ -138,6 +147,7 @@ impl LunaFs {
             stats: Stats::new(),
             mountpoint: config.mountpoint.display().to_string(),
             notifier: Arc::new(OnceLock::new()),
+            delivery: None,
         }
     }
 
@@ -388,7 +398,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
         self.stats.call(Op::Unlink);
-        let r = if parent.0 == control::CLASSES_INO || parent.0 == control::PACKAGES_INO {
+        let r = if Control::owns(parent.0) {
             self.control.remove(&self.core, parent.0, raw.as_bytes())
         } else {
             self.writable(parent.0)
@@ -437,7 +447,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         raw: &OsStr,
         newparent: INodeNo,
@@ -462,7 +472,8 @@ impl fuser::Filesystem for LunaFs {
             if parent.0 == ROOT && from.is_control_dir() {
                 return Err(Error::NotPermitted("/.lunafs".into()));
             }
-            self.core.rename(parent.0, &from, newparent.0, &to, mode)
+            self.core
+                .rename_as(req.uid(), parent.0, &from, newparent.0, &to, mode)
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -486,7 +497,7 @@ impl fuser::Filesystem for LunaFs {
         self.reply_entry(Op::Link, reply, r);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.stats.call(Op::Open);
         let r = (|| {
             if Control::owns(ino.0) {
@@ -497,10 +508,15 @@ impl fuser::Filesystem for LunaFs {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }
             self.core.open_file(ino.0)?;
+            let writer = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+            if writer {
+                self.core
+                    .begin_write(ino.0, req.uid(), flags.0 & libc::O_TRUNC != 0)?;
+            }
             // keep_cache: the page cache stays valid across opens, since no one else changes
             // the store behind this mount.
             Ok((
-                self.handles.insert(Handle::File { ino: ino.0 }),
+                self.handles.insert(Handle::File { ino: ino.0, writer }),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ))
         })();
@@ -582,7 +598,11 @@ impl fuser::Filesystem for LunaFs {
         reply: ReplyEmpty,
     ) {
         if let Some(handle) = self.handles.get(fh.0) {
-            if let Err(e) = self.store_script(&handle) {
+            let r = match &*handle {
+                Handle::File { ino, writer: true } => self.core.flush_write(*ino),
+                other => self.store_script(other),
+            };
+            if let Err(e) = r {
                 return reply.error(self.fail(Op::Release, &e));
             }
         }
@@ -604,7 +624,14 @@ impl fuser::Filesystem for LunaFs {
     ) {
         self.stats.call(Op::Release);
         let r = match self.handles.remove(fh.0).as_deref() {
-            Some(Handle::File { ino, .. }) => self.core.close_file(*ino),
+            Some(Handle::File { ino, writer }) => {
+                // The Put goes first: a file unlinked while open is gone after close_file.
+                let put = match writer {
+                    true => self.core.end_write(*ino),
+                    false => Ok(()),
+                };
+                self.core.close_file(*ino).and(put)
+            }
             // Normally stored at flush already; this catches a close without flush.
             Some(h @ Handle::Script { .. }) => self.store_script(h),
             Some(_) => Ok(()),
@@ -848,7 +875,11 @@ impl fuser::Filesystem for LunaFs {
                 .core
                 .create(ctx(req), parent.0, &name(raw)?, mode & !umask)?;
             self.core.open_file(inode.ino)?;
-            let fh = self.handles.insert(Handle::File { ino: inode.ino });
+            self.core.begin_write(inode.ino, req.uid(), true)?;
+            let fh = self.handles.insert(Handle::File {
+                ino: inode.ino,
+                writer: true,
+            });
             Ok((inode, fh))
         })();
         match r {
@@ -927,7 +958,9 @@ fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> boo
 pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let noatime = config.flags.contains(&fuser::MountOption::NoAtime);
     core.set_update_atime(!config.read_only && !noatime);
-    let fs = LunaFs::new(core.clone(), config);
+    let dispatcher = crate::notify::Dispatcher::start(core.clone(), config.background_interval)?;
+    let mut fs = LunaFs::new(core.clone(), config);
+    fs.delivery = Some(dispatcher.counters.clone());
     let fuse_config = config.fuser_config();
     let notifier = fs.notifier.clone();
     let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
@@ -973,6 +1006,7 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     session
         .run()
         .map_err(|e| Error::io("serving FUSE requests", e))?;
+    dispatcher.stop();
     // destroy() flushed the store if the kernel said goodbye; flush again for the case where
     // the session ended without it (the device was closed under us).
     core.shutdown()?;

@@ -1,4 +1,5 @@
-//! `lua`: the sandboxed Lua 5.4 VM that runs object classes (Ceph's cls_lua) next to the data.
+//! `lua`: the sandboxed Lua 5.4 VM that runs object classes (Ceph's cls_lua) next to the data,
+//! and bucket notification and background scripts (`notify`) in the dispatcher.
 //!
 //! Owns the one sandbox constructor and the per-call limits (`sandbox`), the APIs scripts see
 //! (`objclass`/`cls`, `bufferlist`, `image`, `digest`), and the per-thread cache of compiled
@@ -9,6 +10,7 @@
 pub mod bufferlist;
 pub mod digest;
 pub mod image;
+pub mod notify;
 pub mod objclass;
 pub mod sandbox;
 
@@ -84,6 +86,41 @@ pub trait Object {
     fn describe(&self) -> String;
 }
 
+/// A value of the global table notification scripts share.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableValue {
+    Str(Vec<u8>),
+    Int(i64),
+    Num(f64),
+    Bool(bool),
+}
+
+/// What a notification or background script can do outside its VM. The dispatcher
+/// implements it; errors carry the errno and message the script sees.
+pub trait Notifier {
+    /// Queues a message for publishing once the script has succeeded.
+    fn publish(
+        &mut self,
+        subject: &str,
+        payload: &[u8],
+        headers: Vec<(String, String)>,
+        topic: Option<&str>,
+    ) -> Result<()>;
+    fn table_get(&mut self, key: &str) -> Result<Option<TableValue>>;
+    fn table_set(&mut self, key: &str, value: Option<TableValue>) -> Result<()>;
+    /// Adds `delta` to a number (absent counts as 0) and returns the new value.
+    fn table_add(&mut self, key: &str, delta: f64) -> Result<TableValue>;
+}
+
+/// A notification script run: the event (record and body) and its topic, or neither for
+/// the background script.
+pub struct NotifyRun<'a> {
+    pub script: &'a Script,
+    pub event: Option<&'a serde_json::Value>,
+    pub event_json: Option<&'a str>,
+    pub topic: Option<&'a serde_json::Value>,
+}
+
 /// Installed Lua modules, for `require`.
 pub trait Modules {
     /// The newest installed version of module `name` (e.g. `json` or `json.util`).
@@ -153,6 +190,16 @@ impl Engine {
             script: name.to_string(),
             message,
         })
+    }
+
+    /// Runs a notification or background script; Err is the script's error message.
+    pub fn notify(
+        &self,
+        run: &NotifyRun<'_>,
+        notifier: &mut dyn Notifier,
+        modules: &dyn Modules,
+    ) -> std::result::Result<(), String> {
+        sandbox::run_notify(self.limits(), run, notifier, modules)
     }
 
     /// Runs `call` against `object`. Never fails as a Rust call: every failure is an

@@ -299,6 +299,111 @@ impl Store {
         }
     }
 
+    /// The event-sequence high-water mark (0 if none was reserved yet).
+    pub fn event_reserved(&self) -> Result<u64> {
+        match self
+            .db
+            .get_cf(self.cf(Cf::Meta), keys::META_EVENT_RESERVED)?
+        {
+            Some(v) => keys::decode_event(&v)
+                .ok_or_else(|| Error::Corrupt("event reservation record".into())),
+            None => Ok(0),
+        }
+    }
+
+    /// The store's random id, once made.
+    pub fn store_id(&self) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(Cf::Meta), keys::META_STORE_ID)?)
+    }
+
+    /// Up to `max` queued events with sequence numbers >= `from`, in order.
+    pub fn events(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let start = keys::event(from);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(Cf::Queue),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
+            out.push((seq, decode_blob(&v)?.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The highest queued sequence number, if any event is queued.
+    pub fn last_event(&self) -> Result<Option<u64>> {
+        match self
+            .db
+            .iterator_cf(self.cf(Cf::Queue), IteratorMode::End)
+            .next()
+        {
+            Some(item) => {
+                let (k, _) = item?;
+                Ok(Some(
+                    keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?,
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The recorded MD5 of `ino` (see `keys::ETAG`).
+    pub fn etag(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        self.blob(Cf::Xattrs, ino, keys::ETAG)
+    }
+
+    pub fn notify_get(&self, kind: u8, name: &str) -> Result<Option<Vec<u8>>> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(Cf::Notify), keys::notify_item(kind, name))?
+        {
+            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Every notify item of `kind`: (name, value), in name order.
+    pub fn notify_list(&self, kind: u8) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan_blobs(Cf::Notify, |k, v| {
+            if let Some((&k0, name)) = k.split_first() {
+                if k0 == kind {
+                    out.push((String::from_utf8_lossy(name).into_owned(), v.to_vec()));
+                }
+            }
+        })?;
+        Ok(out)
+    }
+
+    pub fn global_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.db.get_pinned_cf(self.cf(Cf::Global), key.as_bytes())? {
+            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Every global-table entry, in key order.
+    pub fn global_entries(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan_blobs(Cf::Global, |k, v| {
+            out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+        })?;
+        Ok(out)
+    }
+
+    /// `scan`, with each value's blob decoded (the first undecodable value is the error).
+    fn scan_blobs(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, decode_blob(&v)?);
+        }
+        Ok(())
+    }
+
     /// Inodes unlinked while open when the store was last used.
     pub fn orphans(&self) -> Result<Vec<Ino>> {
         let mut out = Vec::new();

@@ -378,11 +378,40 @@ impl<'c> ObjectTxn<'c> {
         self.removed && !self.exists
     }
 
+    /// The MD5 and omap the call leaves, for its event (read through the changes).
+    fn put_event_facts(&mut self) -> Result<(String, Vec<(String, String)>)> {
+        let mut h = <md5::Md5 as md5::Digest>::new();
+        let mut at = 0;
+        while at < self.inode.size {
+            let chunk = Object::read(self, at, 1 << 20)?;
+            at += chunk.len() as u64;
+            md5::Digest::update(&mut h, &chunk);
+        }
+        let metadata = self
+            .map_get_vals(b"", b"", usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        Ok((
+            super::events::hex(md5::Digest::finalize(h).as_slice()),
+            metadata,
+        ))
+    }
+
     /// Commits every change in one batch; returns whether the name was unlinked.
-    fn commit(self) -> Result<bool> {
+    fn commit(mut self) -> Result<bool> {
         if !self.data_changed && !self.meta_changed {
             return Ok(false);
         }
+        let event = match self.data_changed && self.exists && self.core.watches(self.ino())? {
+            true => Some(self.put_event_facts()?),
+            false => None,
+        };
         let core = self.core;
         let ino = self.ino();
         let now = Timestamp::now();
@@ -441,7 +470,22 @@ impl<'c> ObjectTxn<'c> {
             inode.mtime = now;
         }
         inode.ctime = now;
+        let mut queued = 0;
+        if let Some((md5, metadata)) = event {
+            let mtime = inode.mtime;
+            let place = self.target.entry.as_ref().map(|(p, n)| (*p, n.as_bytes()));
+            queued = core.queue_call_put(
+                &mut txn.batch,
+                ino,
+                place,
+                (self.inode.size, mtime),
+                &md5,
+                metadata,
+                self.target.uid,
+            )?;
+        }
         txn.commit()?;
+        core.queued(queued);
         Ok(unlink)
     }
 }

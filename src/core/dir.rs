@@ -70,6 +70,10 @@ impl Core {
         loop {
             let d = self.entry(parent, name)?;
             if let Some(inode) = self.store.inode(d.ino)? {
+                if inode.kind == Kind::File {
+                    self.events
+                        .remember(inode.bucket, inode.ino, parent, name.as_bytes());
+                }
                 return Ok(inode);
             }
             // Unlinked between the two reads: look again. A dentry that stays without its
@@ -89,7 +93,13 @@ impl Core {
         if dir.kind != Kind::Dir {
             return Err(Error::NotDir(format!("inode {ino}")));
         }
-        self.store.dentries(ino)
+        let entries = self.store.dentries(ino)?;
+        for (name, d) in &entries {
+            if d.kind == Kind::File {
+                self.events.remember(dir.bucket, d.ino, ino, name);
+            }
+        }
+        Ok(entries)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
@@ -204,6 +214,12 @@ impl Core {
             .put_dentry(parent, name.as_bytes(), Dentry { ino, kind });
         txn.insert(inode.clone());
         txn.commit()?;
+        if parent == ROOT {
+            self.root_changed();
+        } else if kind == Kind::File {
+            self.events
+                .remember(inode.bucket, ino, parent, name.as_bytes());
+        }
         Ok(inode)
     }
 
@@ -267,10 +283,18 @@ impl Core {
             }
             let mut txn = self.txn();
             let now = Timestamp::now();
+            let queued = match (d.kind, txn.get(d.ino)?.nlink) {
+                (Kind::File, 0 | 1) => {
+                    self.queue_delete(&mut txn, parent, name.as_bytes(), d.ino)?
+                }
+                _ => 0,
+            };
             txn.batch.delete_dentry(parent, name.as_bytes());
             touch_dir(txn.modify(parent)?, now, 0);
             self.drop_link(&mut txn, d.ino, now)?;
-            return txn.commit();
+            txn.commit()?;
+            self.queued(queued);
+            return Ok(());
         }
     }
 
@@ -292,12 +316,29 @@ impl Core {
             txn.batch.delete_dentry(parent, name.as_bytes());
             touch_dir(txn.modify(parent)?, now, -1);
             txn.purge(d.ino);
-            return txn.commit();
+            txn.commit()?;
+            if parent == ROOT {
+                self.root_changed();
+            }
+            return Ok(());
         }
     }
 
     pub fn rename(
         &self,
+        parent: Ino,
+        name: &Name,
+        newparent: Ino,
+        newname: &Name,
+        mode: RenameMode,
+    ) -> Result<()> {
+        self.rename_as(0, parent, name, newparent, newname, mode)
+    }
+
+    /// `rename` by the process with `uid` (the events' userIdentity).
+    pub fn rename_as(
+        &self,
+        uid: u32,
         parent: Ino,
         name: &Name,
         newparent: Ino,
@@ -316,13 +357,21 @@ impl Core {
             {
                 continue;
             }
-            return self.rename_locked(parent, name, src, newparent, newname, dst, mode);
+            let queued =
+                self.rename_locked(uid, parent, name, src, newparent, newname, dst, mode)?;
+            self.queued(queued);
+            if parent == ROOT || newparent == ROOT {
+                self.root_changed();
+            }
+            return Ok(());
         }
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Returns how many events it queued.
     fn rename_locked(
         &self,
+        uid: u32,
         parent: Ino,
         name: &Name,
         src: Dentry,
@@ -330,7 +379,7 @@ impl Core {
         newname: &Name,
         dst: Option<Dentry>,
         mode: RenameMode,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let mut txn = self.txn();
         self.check_same_bucket(&mut txn, parent, src, newparent, newname)?;
         if let (RenameMode::Exchange, Some(d)) = (mode, dst) {
@@ -340,7 +389,7 @@ impl Core {
             (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(newname.to_string())),
             (RenameMode::Exchange, None) => return Err(Error::NotFound(newname.to_string())),
             // Two names of one inode: POSIX says rename does nothing.
-            (RenameMode::Replace, Some(d)) if d.ino == src.ino => return Ok(()),
+            (RenameMode::Replace, Some(d)) if d.ino == src.ino => return Ok(0),
             _ => {}
         }
         if src.kind == Kind::Dir && parent != newparent {
@@ -363,7 +412,8 @@ impl Core {
             txn.batch.put_dentry(newparent, newname.as_bytes(), src);
             move_dir(&mut txn, src, parent, newparent)?;
             move_dir(&mut txn, d, newparent, parent)?;
-            return txn.commit();
+            txn.commit()?;
+            return Ok(0);
         }
 
         if let Some(d) = dst {
@@ -382,10 +432,18 @@ impl Core {
                 }
             }
         }
+        let queued = self.queue_rename(
+            &mut txn,
+            (parent, name.as_bytes()),
+            (newparent, newname.as_bytes()),
+            src.ino,
+            uid,
+        )?;
         txn.batch.delete_dentry(parent, name.as_bytes());
         txn.batch.put_dentry(newparent, newname.as_bytes(), src);
         move_dir(&mut txn, src, parent, newparent)?;
-        txn.commit()
+        txn.commit()?;
+        Ok(queued)
     }
 
     /// Refuses a rename that would move `d` across buckets or put a non-bucket at the root.

@@ -57,6 +57,7 @@ impl Core {
                 _ => return Err(Error::InvalidArgument(format!("truncate of inode {ino}"))),
             }
             self.truncate(&mut batch, &mut inode, size)?;
+            self.note_truncate(ino, size);
             inode.mtime = now;
         }
         let at = |t: TimeSet| match t {
@@ -126,6 +127,7 @@ impl Core {
         inode.ctime = now;
         batch.put_inode(&inode);
         batch.commit()?;
+        self.note_write(ino, offset, data);
         Ok(data.len())
     }
 

@@ -7,9 +7,14 @@
 //! /.lunafs/call               handler calls: request/response on one open file (`fs::call`)
 //! /.lunafs/classes/NAME.lua   object classes: write to install, read the source, unlink
 //! /.lunafs/packages/MODULE@VERSION.lua   Lua modules for `require`, same operations
+//! /.lunafs/topics/NAME.toml                NATS topics (see `events::config`)
+//! /.lunafs/notifications/BUCKET.toml       a bucket's notifications
+//! /.lunafs/notify/BUCKET.lua               a bucket's notification script
+//! /.lunafs/background.lua                  the background script
+//! /.lunafs/global                          the scripts' global table, as JSON (read-only)
 //! ```
 //!
-//! Class and module files are stored at close (the first flush after writing): a syntax
+//! Class, module and notification files are stored at close (the first flush after writing): a syntax
 //! error fails that close with EINVAL and is logged, and the store keeps what it had. Only
 //! the mount's owner may change them (mode bits, enforced by the kernel). Files are read and
 //! written with direct I/O, so the kernel neither caches them nor trusts their size.
@@ -21,6 +26,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use parking_lot::Mutex;
 
 use crate::core::class::ModuleId;
+use crate::core::events::Item;
 use crate::core::{Core, FIRST_VIRTUAL_INO};
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
@@ -34,10 +40,16 @@ pub const STATS_INO: Ino = FIRST_VIRTUAL_INO + 2;
 pub const CALL_INO: Ino = FIRST_VIRTUAL_INO + 3;
 pub const CLASSES_INO: Ino = FIRST_VIRTUAL_INO + 4;
 pub const PACKAGES_INO: Ino = FIRST_VIRTUAL_INO + 5;
+pub const TOPICS_INO: Ino = FIRST_VIRTUAL_INO + 6;
+pub const NOTIFICATIONS_INO: Ino = FIRST_VIRTUAL_INO + 7;
+pub const NOTIFY_INO: Ino = FIRST_VIRTUAL_INO + 8;
+pub const GLOBAL_INO: Ino = FIRST_VIRTUAL_INO + 9;
 /// Class and module files get numbers from here on, one per name for the mount's life.
 const FIRST_DYNAMIC: Ino = FIRST_VIRTUAL_INO + 0x1000;
 
 const SUFFIX: &str = ".lua";
+const TOML: &str = ".toml";
+const BACKGROUND: &str = "background.lua";
 
 /// What a control inode is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,12 +62,18 @@ pub enum Node {
     PackagesDir,
     Class(String),
     Module(ModuleId),
+    TopicsDir,
+    NotificationsDir,
+    NotifyDir,
+    Global,
+    /// A notification setting or script.
+    Setting(Item),
 }
 
 impl Node {
-    /// A stored script file (class or module): writable by the owner.
+    /// A stored file (class, module, notification setting): writable by the owner.
     pub fn is_script(&self) -> bool {
-        matches!(self, Node::Class(_) | Node::Module(_))
+        matches!(self, Node::Class(_) | Node::Module(_) | Node::Setting(_))
     }
 }
 
@@ -127,6 +145,10 @@ impl Control {
             CALL_INO => Node::Call,
             CLASSES_INO => Node::ClassesDir,
             PACKAGES_INO => Node::PackagesDir,
+            TOPICS_INO => Node::TopicsDir,
+            NOTIFICATIONS_INO => Node::NotificationsDir,
+            NOTIFY_INO => Node::NotifyDir,
+            GLOBAL_INO => Node::Global,
             _ => self
                 .dynamic
                 .lock()
@@ -146,6 +168,7 @@ impl Control {
                 Err(Error::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
             },
+            Node::Setting(item) => core.notify_get(item),
             _ => Ok(None),
         }
     }
@@ -154,11 +177,15 @@ impl Control {
         let node = self.node(ino)?;
         let (kind, perm, nlink, size) = match &node {
             Node::Dir => (FileType::Directory, 0o755, 4, 0),
-            Node::ClassesDir | Node::PackagesDir => (FileType::Directory, 0o755, 2, 0),
-            Node::Version | Node::Stats => (FileType::RegularFile, 0o444, 1, 0),
+            Node::ClassesDir
+            | Node::PackagesDir
+            | Node::TopicsDir
+            | Node::NotificationsDir
+            | Node::NotifyDir => (FileType::Directory, 0o755, 2, 0),
+            Node::Version | Node::Stats | Node::Global => (FileType::RegularFile, 0o444, 1, 0),
             // Anyone may send calls; each call checks the caller's access to its object.
             Node::Call => (FileType::RegularFile, 0o666, 1, 0),
-            Node::Class(_) | Node::Module(_) => {
+            Node::Class(_) | Node::Module(_) | Node::Setting(_) => {
                 let len = self.stored(core, &node)?.map_or(0, |s| s.len() as u64);
                 (FileType::RegularFile, 0o644, 1, len)
             }
@@ -197,6 +224,27 @@ impl Control {
             PACKAGES_INO => Node::Module(module_file(name).ok_or_else(|| {
                 Error::InvalidArgument(format!("{name}: module files are named MODULE@VERSION.lua"))
             })?),
+            TOPICS_INO | NOTIFICATIONS_INO | NOTIFY_INO => {
+                let (suffix, what) = match parent {
+                    TOPICS_INO => (TOML, "topic files are named TOPIC.toml"),
+                    NOTIFICATIONS_INO => (TOML, "notification files are named BUCKET.toml"),
+                    _ => (SUFFIX, "notification scripts are named BUCKET.lua"),
+                };
+                let base = name
+                    .strip_suffix(suffix)
+                    .filter(|b| !b.is_empty())
+                    .ok_or_else(|| Error::InvalidArgument(format!("{name}: {what}")))?
+                    .to_string();
+                Node::Setting(match parent {
+                    TOPICS_INO => {
+                        crate::events::config::check_name(&base, "topic")?;
+                        Item::Topic(base)
+                    }
+                    NOTIFICATIONS_INO => Item::Notifications(base),
+                    _ => Item::Script(base),
+                })
+            }
+            DIR_INO if name == BACKGROUND => Node::Setting(Item::Background),
             _ => {
                 return Err(Error::NotPermitted(format!(
                     "/.lunafs: cannot create {name}"
@@ -215,6 +263,10 @@ impl Control {
             Node::Call => CALL_INO,
             Node::ClassesDir => CLASSES_INO,
             Node::PackagesDir => PACKAGES_INO,
+            Node::TopicsDir => TOPICS_INO,
+            Node::NotificationsDir => NOTIFICATIONS_INO,
+            Node::NotifyDir => NOTIFY_INO,
+            Node::Global => GLOBAL_INO,
             dynamic => self.ino_of(dynamic),
         }
     }
@@ -227,7 +279,12 @@ impl Control {
             (DIR_INO, b"call") => Node::Call,
             (DIR_INO, b"classes") => Node::ClassesDir,
             (DIR_INO, b"packages") => Node::PackagesDir,
-            (CLASSES_INO | PACKAGES_INO, _) => {
+            (DIR_INO, b"topics") => Node::TopicsDir,
+            (DIR_INO, b"notifications") => Node::NotificationsDir,
+            (DIR_INO, b"notify") => Node::NotifyDir,
+            (DIR_INO, b"global") => Node::Global,
+            (CLASSES_INO | PACKAGES_INO | TOPICS_INO | NOTIFICATIONS_INO | NOTIFY_INO, _)
+            | (DIR_INO, b"background.lua") => {
                 let node = self.new_node(parent, name).map_err(|_| missing())?;
                 if self.stored(core, &node)?.is_none() {
                     return Err(missing());
@@ -243,13 +300,48 @@ impl Control {
     pub fn entries(&self, core: &Core, ino: Ino) -> Result<Vec<(Ino, FileType, Vec<u8>)>> {
         let file = |node: Node, name: String| (self.ino(node), FileType::RegularFile, name.into());
         match self.node(ino)? {
-            Node::Dir => Ok(vec![
-                (CALL_INO, FileType::RegularFile, b"call".to_vec()),
-                (CLASSES_INO, FileType::Directory, b"classes".to_vec()),
-                (PACKAGES_INO, FileType::Directory, b"packages".to_vec()),
-                (STATS_INO, FileType::RegularFile, b"stats".to_vec()),
-                (VERSION_INO, FileType::RegularFile, b"version".to_vec()),
-            ]),
+            Node::Dir => {
+                let mut list = vec![
+                    (CALL_INO, FileType::RegularFile, b"call".to_vec()),
+                    (CLASSES_INO, FileType::Directory, b"classes".to_vec()),
+                    (GLOBAL_INO, FileType::RegularFile, b"global".to_vec()),
+                    (
+                        NOTIFICATIONS_INO,
+                        FileType::Directory,
+                        b"notifications".to_vec(),
+                    ),
+                    (NOTIFY_INO, FileType::Directory, b"notify".to_vec()),
+                    (PACKAGES_INO, FileType::Directory, b"packages".to_vec()),
+                    (STATS_INO, FileType::RegularFile, b"stats".to_vec()),
+                    (TOPICS_INO, FileType::Directory, b"topics".to_vec()),
+                    (VERSION_INO, FileType::RegularFile, b"version".to_vec()),
+                ];
+                if core.notify_get(&Item::Background)?.is_some() {
+                    list.push(file(Node::Setting(Item::Background), BACKGROUND.into()));
+                }
+                Ok(list)
+            }
+            Node::TopicsDir => Ok(core
+                .notify_names(&Item::Topic(String::new()))?
+                .into_iter()
+                .map(|n| file(Node::Setting(Item::Topic(n.clone())), format!("{n}{TOML}")))
+                .collect()),
+            Node::NotificationsDir => Ok(core
+                .notify_names(&Item::Notifications(String::new()))?
+                .into_iter()
+                .map(|b| {
+                    let name = format!("{b}{TOML}");
+                    file(Node::Setting(Item::Notifications(b)), name)
+                })
+                .collect()),
+            Node::NotifyDir => Ok(core
+                .notify_names(&Item::Script(String::new()))?
+                .into_iter()
+                .map(|b| {
+                    let name = format!("{b}{SUFFIX}");
+                    file(Node::Setting(Item::Script(b)), name)
+                })
+                .collect()),
             Node::ClassesDir => Ok(core
                 .class_names()?
                 .into_iter()
@@ -271,7 +363,8 @@ impl Control {
     pub fn contents(&self, core: &Core, node: &Node) -> Result<Vec<u8>> {
         match node {
             Node::Version => Ok(self.version.clone()),
-            Node::Class(_) | Node::Module(_) => self
+            Node::Global => global_json(core),
+            Node::Class(_) | Node::Module(_) | Node::Setting(_) => self
                 .stored(core, node)?
                 .ok_or_else(|| Error::NotFound(format!("{node:?}"))),
             _ => Err(Error::IsDir(format!("{node:?}"))),
@@ -283,6 +376,7 @@ impl Control {
         match node {
             Node::Class(name) => core.class_put(name, data),
             Node::Module(id) => core.package_put(id, data),
+            Node::Setting(item) => core.notify_put(item, data),
             _ => Err(Error::NotPermitted(format!(
                 "/.lunafs: {node:?} is read-only"
             ))),
@@ -296,9 +390,31 @@ impl Control {
             Node::Module(m) => core
                 .package_remove(&m.package, Some(&m.version), Some(&m.module))
                 .map(|_| ()),
+            Node::Setting(item) => core.notify_remove(&item),
             _ => Err(Error::NotPermitted("/.lunafs".into())),
         }
     }
+}
+
+/// `/.lunafs/global`: the global table as one JSON object.
+fn global_json(core: &Core) -> Result<Vec<u8>> {
+    use crate::lua::TableValue;
+    let map: serde_json::Map<String, serde_json::Value> = core
+        .global_entries()?
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                TableValue::Str(s) => String::from_utf8_lossy(&s).into_owned().into(),
+                TableValue::Int(i) => i.into(),
+                TableValue::Num(n) => n.into(),
+                TableValue::Bool(b) => b.into(),
+            };
+            (k, v)
+        })
+        .collect();
+    let mut out = serde_json::Value::Object(map).to_string().into_bytes();
+    out.push(b'\n');
+    Ok(out)
 }
 
 /// The part of `data` a read of `len` bytes at `offset` returns.

@@ -22,8 +22,9 @@ pub struct Listed {
 }
 
 pub enum Handle {
-    /// A regular file in the store.
-    File { ino: Ino },
+    /// A regular file in the store; `writer`: opened for writing (or created), so its
+    /// release may complete an `ObjectCreated:Put`.
+    File { ino: Ino, writer: bool },
     /// A directory, with its listing once read.
     Dir {
         ino: Ino,

@@ -28,7 +28,7 @@ use mlua::{
 
 use super::bufferlist::Bl;
 use super::objclass::{self, ClsError, Site};
-use super::{Call, Limits, Modules, Object, Outcome, Script};
+use super::{Call, Limits, Modules, Notifier, NotifyRun, Object, Outcome, Script};
 
 /// Base functions every call may use.
 const SAFE_GLOBALS: &[&str] = &[
@@ -157,6 +157,20 @@ struct Vm {
     compiled: HashMap<(String, u64), Function>,
 }
 
+/// Runs `f` on this thread's VM, creating it on first use.
+fn with_vm<T>(f: impl FnOnce(&mut Vm) -> T, failed: impl FnOnce(String) -> T) -> T {
+    VM.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            match Vm::new() {
+                Ok(vm) => *slot = Some(vm),
+                Err(e) => return failed(format!("starting Lua: {e}")),
+            }
+        }
+        f(slot.as_mut().expect("VM created above"))
+    })
+}
+
 /// Runs one call on this thread's VM.
 pub fn run(
     limits: Limits,
@@ -164,17 +178,30 @@ pub fn run(
     object: &mut dyn Object,
     modules: &dyn Modules,
 ) -> Outcome {
-    VM.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            match Vm::new() {
-                Ok(vm) => *slot = Some(vm),
-                Err(e) => return Outcome::failed(libc::EIO, format!("starting Lua: {e}")),
-            }
-        }
-        let vm = slot.as_mut().expect("VM created above");
-        vm.run(limits, call, object, modules)
-    })
+    with_vm(
+        |vm| vm.run(limits, call, object, modules),
+        |e| Outcome::failed(libc::EIO, e),
+    )
+}
+
+/// Runs a notification or background script on this thread's VM (see `lua::notify`).
+pub fn run_notify(
+    limits: Limits,
+    run: &NotifyRun<'_>,
+    notifier: &mut dyn Notifier,
+    modules: &dyn Modules,
+) -> Result<(), String> {
+    with_vm(
+        |vm| {
+            let main = vm.compiled(run.script).map_err(|e| e.to_string())?;
+            vm.limited(limits, |vm| {
+                vm.notify_in_scope(run, notifier, modules, main)
+            })
+            .and_then(|r| r)
+            .map_err(|(_, message)| message)
+        },
+        Err,
+    )
 }
 
 impl Vm {
@@ -308,6 +335,33 @@ impl Vm {
             // A stored class always compiled when it was stored; an inline script may not.
             Err(e) => return Outcome::failed(libc::EIO, e.to_string()),
         };
+        let mut output = Vec::new();
+        match self.limited(limits, |vm| {
+            vm.call_in_scope(call, object, modules, main, &mut output)
+        }) {
+            Ok(Ok(result)) => Outcome {
+                result,
+                output,
+                message: None,
+            },
+            // An error keeps what the handler appended; a tripped limit returns nothing.
+            Ok(Err((errno, message))) => Outcome {
+                result: -errno,
+                output,
+                message: Some(message),
+            },
+            Err((errno, message)) => Outcome::failed(errno, message),
+        }
+    }
+
+    /// Runs `f` under `limits`. The outer error is a tripped limit (whatever `f` returned),
+    /// the inner one `f`'s own.
+    #[allow(clippy::type_complexity)]
+    fn limited<T>(
+        &mut self,
+        limits: Limits,
+        f: impl FnOnce(&mut Self) -> Result<T, (i32, String)>,
+    ) -> Result<Result<T, (i32, String)>, (i32, String)> {
         let baseline = self.lua.used_memory();
         let _ = self
             .lua
@@ -319,8 +373,7 @@ impl Vm {
             b.deadline.set(Some(Instant::now() + limits.time));
             b.tripped.set(None);
         });
-        let mut output = Vec::new();
-        let result = self.call_in_scope(call, object, modules, main, &mut output);
+        let result = f(self);
         let tripped = BUDGET.with(|b| {
             b.deadline.set(None);
             b.tripped.take()
@@ -331,19 +384,75 @@ impl Vm {
         if tripped.is_some() || BUDGET.with(|b| b.held.get()) > (4 << 20) {
             let _ = self.lua.gc_collect();
         }
-        match (result, tripped) {
-            (_, Some(trip)) => Outcome::failed(trip.errno(), trip.message(&limits)),
-            (Ok(result), None) => Outcome {
-                result,
-                output,
-                message: None,
-            },
-            (Err((errno, message)), None) => Outcome {
-                result: -errno,
-                output,
-                message: Some(message),
-            },
+        match tripped {
+            Some(trip) => Err((trip.errno(), trip.message(&limits))),
+            None => Ok(result),
         }
+    }
+
+    /// `require` of installed modules, loaded into `env` once per run.
+    fn install_require<'scope, 'env: 'scope>(
+        &self,
+        scope: &'scope mlua::Scope<'scope, 'env>,
+        env: &Table,
+        modules: &'env dyn Modules,
+    ) -> mlua::Result<()> {
+        let loaded = self.lua.create_table()?;
+        let require_env = env.clone();
+        env.raw_set(
+            "require",
+            scope.create_function(move |lua, name: String| {
+                if let Some(v) = loaded.get::<Option<Value>>(name.as_str())? {
+                    return Ok(v);
+                }
+                let script = modules
+                    .module(&name)
+                    .map_err(objclass::raise)?
+                    .ok_or_else(|| {
+                        mlua::Error::runtime(format!(
+                            "module {name:?} is not installed (lunafs package add)"
+                        ))
+                    })?;
+                let f = compile(lua, &script.name, &script.source)?;
+                f.set_environment(require_env.clone())?;
+                let v = match f.call::<Value>(name.as_str())? {
+                    Value::Nil => Value::Boolean(true),
+                    v => v,
+                };
+                loaded.set(name.as_str(), v.clone())?;
+                Ok(v)
+            })?,
+        )
+    }
+
+    /// Runs a notification or background script's top level with its API.
+    fn notify_in_scope(
+        &self,
+        run: &NotifyRun<'_>,
+        notifier: &mut dyn Notifier,
+        modules: &dyn Modules,
+        main: Function,
+    ) -> Result<(), (i32, String)> {
+        let notifier = RefCell::new(notifier);
+        let lua = &self.lua;
+        let name = run.script.name.as_str();
+        lua.scope(|scope| {
+            let env = self.environment()?;
+            self.install_require(scope, &env, modules)?;
+            super::notify::install(lua, scope, &env, &notifier, name)?;
+            if let Some(event) = run.event {
+                env.raw_set("event", super::notify::json_to_lua(lua, event)?)?;
+            }
+            if let Some(json) = run.event_json {
+                env.raw_set("event_json", json)?;
+            }
+            if let Some(topic) = run.topic {
+                env.raw_set("topic", super::notify::json_to_lua(lua, topic)?)?;
+            }
+            main.set_environment(env)?;
+            main.call::<()>(())
+        })
+        .map_err(|e| classify_error(&e))
     }
 
     /// Runs the script's top level, then the registered method; Ok is the handler's result.
@@ -371,33 +480,7 @@ impl Vm {
             env.raw_set("cls", cls.clone())?;
             let log: Function = cls.get("log")?;
             env.raw_set("print", log)?;
-            let loaded = lua.create_table()?;
-            let require_env = env.clone();
-            env.raw_set(
-                "require",
-                scope.create_function(move |lua, name: String| {
-                    if let Some(v) = loaded.get::<Option<Value>>(name.as_str())? {
-                        return Ok(v);
-                    }
-                    let script =
-                        modules
-                            .module(&name)
-                            .map_err(objclass::raise)?
-                            .ok_or_else(|| {
-                                mlua::Error::runtime(format!(
-                                    "module {name:?} is not installed (lunafs package add)"
-                                ))
-                            })?;
-                    let f = compile(lua, &script.name, &script.source)?;
-                    f.set_environment(require_env.clone())?;
-                    let v = match f.call::<Value>(name.as_str())? {
-                        Value::Nil => Value::Boolean(true),
-                        v => v,
-                    };
-                    loaded.set(name.as_str(), v.clone())?;
-                    Ok(v)
-                })?,
-            )?;
+            self.install_require(scope, &env, modules)?;
             main.set_environment(env.clone())?;
             main.call::<()>(())?;
             let handler = match env.raw_get::<Value>(call.method)? {

@@ -168,6 +168,63 @@ impl<'a> Batch<'a> {
         self.wb.delete_range_cf(s.cf(Cf::Xattrs), lo, hi);
     }
 
+    /// Queues an event record (see `Cf::Queue`).
+    pub fn put_event(&mut self, seq: u64, record: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Queue),
+            keys::event(seq),
+            encode_blob(record),
+        );
+    }
+
+    pub fn delete_event(&mut self, seq: u64) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Queue), keys::event(seq));
+    }
+
+    pub fn put_event_reserved(&mut self, below: u64) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Meta),
+            keys::META_EVENT_RESERVED,
+            below.to_be_bytes(),
+        );
+    }
+
+    pub fn put_store_id(&mut self, id: &[u8]) {
+        self.wb
+            .put_cf(self.store.cf(Cf::Meta), keys::META_STORE_ID, id);
+    }
+
+    /// Records the MD5 of `ino`'s content (see `keys::ETAG`).
+    pub fn put_etag(&mut self, ino: Ino, record: &[u8]) {
+        self.put_xattr(ino, keys::ETAG, record);
+    }
+
+    pub fn put_notify(&mut self, kind: u8, name: &str, value: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Notify),
+            keys::notify_item(kind, name),
+            encode_blob(value),
+        );
+    }
+
+    pub fn delete_notify(&mut self, kind: u8, name: &str) {
+        self.wb
+            .delete_cf(self.store.cf(Cf::Notify), keys::notify_item(kind, name));
+    }
+
+    pub fn put_global(&mut self, key: &str, value: &[u8]) {
+        self.wb.put_cf(
+            self.store.cf(Cf::Global),
+            key.as_bytes(),
+            encode_blob(value),
+        );
+    }
+
+    pub fn delete_global(&mut self, key: &str) {
+        self.wb.delete_cf(self.store.cf(Cf::Global), key.as_bytes());
+    }
+
     pub fn commit(self) -> Result<()> {
         self.store.write(self.wb)
     }

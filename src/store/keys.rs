@@ -96,6 +96,34 @@ pub const META_CHUNK_SIZE: &[u8] = b"chunk_size";
 /// reserved ahead of use, so numbers are never reused after a restart).
 pub const META_INO_RESERVED: &[u8] = b"ino_reserved";
 
+/// `meta`: every event sequence number below this value may have been handed out.
+pub const META_EVENT_RESERVED: &[u8] = b"event_reserved";
+
+/// `meta`: a random id made when the store is created; event ids carry it, so that two
+/// stores publishing to one JetStream stream never share an id.
+pub const META_STORE_ID: &[u8] = b"store_id";
+
+/// `xattrs`: the MD5 of an object's content as of its last event (size, mtime and digest),
+/// so a rename need not read the object again. NUL-prefixed like `OMAP_HEADER`.
+pub const ETAG: &[u8] = b"\0etag";
+
+/// `queue`: the event sequence number.
+pub fn event(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn decode_event(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// `notify`: a one-byte kind and the item's name.
+pub fn notify_item(kind: u8, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(kind);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,10 +38,17 @@ pub enum Cf {
     Classes,
     /// (package name, version, module) -> Lua source of a module `require` can load.
     Packages,
+    /// Event sequence number -> a queued event record, waiting for the dispatcher. Written
+    /// in the same batch as the change that caused it; deleted once delivered or dropped.
+    Queue,
+    /// (kind, name) -> notification settings: topics, per-bucket notifications and scripts.
+    Notify,
+    /// Key -> value of the global table notification scripts share.
+    Global,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Inodes,
         Cf::Dentries,
@@ -51,6 +58,9 @@ impl Cf {
         Cf::Orphans,
         Cf::Classes,
         Cf::Packages,
+        Cf::Queue,
+        Cf::Notify,
+        Cf::Global,
     ];
 
     /// The families of the first release (new ones are only ever appended to `ALL`): a store
@@ -68,6 +78,9 @@ impl Cf {
             Cf::Orphans => "orphans",
             Cf::Classes => "classes",
             Cf::Packages => "packages",
+            Cf::Queue => "queue",
+            Cf::Notify => "notify",
+            Cf::Global => "global",
         }
     }
 
@@ -93,7 +106,20 @@ impl Cf {
                 opts.set_write_buffer_size(32 << 20);
                 opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
-            Cf::Meta | Cf::Omap | Cf::Xattrs | Cf::Orphans | Cf::Classes | Cf::Packages => {
+            Cf::Queue => {
+                // A FIFO: appended at the end, deleted from the front; small memtables keep
+                // the tombstones of delivered events from piling up in memory.
+                opts.set_write_buffer_size(8 << 20);
+                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            }
+            Cf::Meta
+            | Cf::Omap
+            | Cf::Xattrs
+            | Cf::Orphans
+            | Cf::Classes
+            | Cf::Packages
+            | Cf::Notify
+            | Cf::Global => {
                 opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
             }
         }

@@ -2,6 +2,8 @@
 //! temp dir and unmounts it on drop; `errno_of` and `run_as` check what callers see.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;

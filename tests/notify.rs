@@ -1,0 +1,442 @@
+//! Bucket notifications end to end: a real mount, a real nats-server on loopback (JetStream
+//! and monitoring on), a real subscriber. Settings are written as files under /.lunafs.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use common::nats::{Nats, Sub};
+use common::{sh, TestFs};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn topic(fs: &TestFs, name: &str, nats: &Nats, subject: &str, extra: &str) {
+    fs::write(
+        fs.path(&format!(".lunafs/topics/{name}.toml")),
+        format!(
+            "url = \"{}\"\nsubject = \"{subject}\"\nretry_sleep_duration = 0.2\n{extra}",
+            nats.url()
+        ),
+    )
+    .unwrap();
+}
+
+fn notifications(fs: &TestFs, bucket: &str, toml: &str) {
+    fs::write(
+        fs.path(&format!(".lunafs/notifications/{bucket}.toml")),
+        toml,
+    )
+    .unwrap();
+}
+
+fn all_events(id: &str, topic: &str) -> String {
+    format!("[[notification]]\nid = \"{id}\"\ntopic = \"{topic}\"\n")
+}
+
+fn md5sum(path: &std::path::Path) -> String {
+    sh(&format!("md5sum '{}'", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Writes a whole file and reports the error of its close (where /.lunafs files are
+/// validated), which `fs::write` would ignore.
+fn write_closed(path: std::path::PathBuf, data: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data.as_bytes())?;
+    // SAFETY: the descriptor was just taken from the File and is closed once.
+    match unsafe { libc::close(f.into_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn stats(fs: &TestFs) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(fs.path(".lunafs/stats")).unwrap()).unwrap()
+}
+
+#[test]
+fn cp_rm_and_rsync_give_s3_records() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "ev.>");
+    let fs = TestFs::mount();
+    let b = fs.bucket("photos");
+    topic(&fs, "t1", &nats, "ev.photos", "opaque_data = \"od\"");
+    notifications(&fs, "photos", &all_events("all", "t1"));
+
+    let src = fs.path("../src.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&src, &data).unwrap();
+    fs::create_dir(b.join("d")).unwrap();
+    assert!(Command::new("cp")
+        .arg(&src)
+        .arg(b.join("d/a.bin"))
+        .status()
+        .unwrap()
+        .success());
+    xattr::set(b.join("d/a.bin"), "user.color", b"red").unwrap();
+
+    let got = sub.take(1, WAIT);
+    assert_eq!(got.len(), 1, "one Put for a cp");
+    let r = got[0].record();
+    assert_eq!(r["eventName"], "ObjectCreated:Put");
+    assert_eq!(r["eventSource"], "lunafs:s3");
+    assert_eq!(r["s3"]["bucket"]["name"], "photos");
+    assert_eq!(r["s3"]["object"]["key"], "d/a.bin");
+    assert_eq!(r["s3"]["object"]["size"], 300_000);
+    assert_eq!(r["s3"]["object"]["eTag"], md5sum(&src));
+    assert_eq!(r["s3"]["configurationId"], "all");
+    assert_eq!(r["opaqueData"], "od");
+    assert_eq!(r["userIdentity"]["principalId"], "0");
+    assert!(r["eventTime"].as_str().unwrap().ends_with('Z'));
+
+    // A rewrite (not sequential from 0: the eTag is computed from the content) carries the
+    // omap as metadata.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(b.join("d/a.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"XYZ", 1000).unwrap();
+    drop(f);
+    let got = sub.take(1, WAIT);
+    let r = got[0].record();
+    assert_eq!(r["s3"]["object"]["eTag"], md5sum(&b.join("d/a.bin")));
+    assert_eq!(
+        r["s3"]["object"]["metadata"],
+        serde_json::json!([{"key": "color", "val": "red"}])
+    );
+
+    fs::remove_file(b.join("d/a.bin")).unwrap();
+    let got = sub.take(1, WAIT);
+    assert_eq!(got[0].record()["eventName"], "ObjectRemoved:Delete");
+    assert_eq!(got[0].record()["s3"]["object"]["key"], "d/a.bin");
+
+    // rsync writes a temp file and renames it: the final name gets an event.
+    let out = Command::new("rsync")
+        .arg(&src)
+        .arg(b.join("d/r.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let got = sub.take(3, WAIT);
+    let names: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let r = m.record();
+            (
+                r["eventName"].as_str().unwrap().to_string(),
+                r["s3"]["object"]["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        names.contains(&("ObjectCreated:Copy".into(), "d/r.bin".into())),
+        "{names:?}"
+    );
+    let copy = got
+        .iter()
+        .find(|m| m.record()["s3"]["object"]["key"] == "d/r.bin")
+        .unwrap();
+    assert_eq!(copy.record()["s3"]["object"]["eTag"], md5sum(&src));
+    // Sequencers increase per object.
+    let seqs: Vec<String> = got
+        .iter()
+        .map(|m| {
+            m.record()["s3"]["object"]["sequencer"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = seqs.clone();
+    sorted.sort();
+    assert_eq!(seqs, sorted);
+    let s = stats(&fs);
+    assert!(s["delivery"]["published"].as_u64().unwrap() >= 6, "{s}");
+}
+
+#[test]
+fn filters_event_types_and_scripts_hold() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), ">");
+    let fs = TestFs::mount();
+    let b = fs.bucket("b");
+    topic(&fs, "t", &nats, "plain", "");
+    notifications(
+        &fs,
+        "b",
+        r#"
+[[notification]]
+id = "jpg-created"
+topic = "t"
+events = ["ObjectCreated:*"]
+prefix = "img/"
+suffix = ".jpg"
+
+[[notification]]
+id = "red-deleted"
+topic = "t"
+events = ["ObjectRemoved:Delete"]
+omap = { color = "red" }
+"#,
+    );
+    fs::create_dir(b.join("img")).unwrap();
+    fs::write(b.join("img/a.jpg"), b"1").unwrap(); // matches jpg-created
+    fs::write(b.join("img/a.png"), b"2").unwrap(); // suffix does not match
+    fs::write(b.join("other.jpg"), b"3").unwrap(); // prefix does not match
+    fs::write(b.join("red.txt"), b"4").unwrap();
+    xattr::set(b.join("red.txt"), "user.color", b"red").unwrap();
+    fs::write(b.join("blue.txt"), b"5").unwrap();
+    xattr::set(b.join("blue.txt"), "user.color", b"blue").unwrap();
+    fs::remove_file(b.join("blue.txt")).unwrap(); // omap does not match
+    fs::remove_file(b.join("red.txt")).unwrap(); // matches red-deleted
+    let got = sub.take(3, Duration::from_secs(5));
+    let seen: Vec<(String, String)> = got
+        .iter()
+        .map(|m| {
+            let r = m.record();
+            (
+                r["s3"]["configurationId"].as_str().unwrap().to_string(),
+                r["s3"]["object"]["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("jpg-created".to_string(), "img/a.jpg".to_string()),
+            ("red-deleted".to_string(), "red.txt".to_string()),
+        ]
+    );
+
+    // A script rewrites subject and payload, routes by key prefix and can filter.
+    fs::write(
+        fs.path(".lunafs/notify/b.lua"),
+        r#"
+local key = event.s3.object.key
+if key:sub(1, 5) == "skip/" then return end
+local subject = "routed." .. key:match("^([^/]+)/")
+nats.publish(subject, event.eventName .. " " .. key .. " " .. #event_json, {["X-Bucket"] = event.s3.bucket.name})
+"#,
+    )
+    .unwrap();
+    fs::create_dir(b.join("skip")).unwrap();
+    fs::write(b.join("skip/x.jpg"), b"1").unwrap();
+    fs::write(b.join("img/b.jpg"), b"1").unwrap();
+    let got = sub.take(1, WAIT);
+    assert_eq!(got[0].subject, "routed.img");
+    let text = String::from_utf8(got[0].payload.clone()).unwrap();
+    assert!(text.starts_with("ObjectCreated:Put img/b.jpg "), "{text}");
+    assert!(got[0]
+        .headers
+        .contains(&("X-Bucket".to_string(), "b".to_string())));
+    assert!(
+        sub.take(1, Duration::from_millis(500)).is_empty(),
+        "skip/ was filtered"
+    );
+}
+
+#[test]
+fn events_wait_for_nats_and_jetstream_deduplicates_redelivery() {
+    let mut nats = Nats::stopped();
+    let fs = TestFs::mount();
+    let b = fs.bucket("q");
+    topic(&fs, "js", &nats, "jsq.events", "jetstream = true");
+    notifications(&fs, "q", &all_events("n", "js"));
+    for i in 0..1000 {
+        fs::write(b.join(format!("f{i:04}")), format!("{i}")).unwrap();
+    }
+    let mut fs = fs;
+    // Copy the store while everything is still queued (a clean unmount first).
+    fs.unmount();
+    let copy = fs.store.with_file_name("store-copy");
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&fs.store)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    fs.remount();
+
+    nats.run();
+    let sub = Sub::new(&nats.url(), "unused");
+    sub.create_stream("EVENTS", &["jsq.>"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sub.stream_messages("EVENTS") < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of 1000 arrived",
+            sub.stream_messages("EVENTS")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs.unmount();
+    // The copy holds the same 1000 queued events: delivering them again is a redelivery,
+    // which the stream deduplicates by Nats-Msg-Id.
+    fs::remove_dir_all(&fs.store).unwrap();
+    fs::rename(&copy, &fs.store).unwrap();
+    fs.remount();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = stats(&fs);
+        if s["delivery"]["delivered"].as_u64() == Some(1000) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "redelivery: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sub.stream_messages("EVENTS"), 1000);
+}
+
+#[test]
+fn events_queued_at_kill_9_are_delivered_after_restart() {
+    let mut nats = Nats::stopped();
+    let mut fs = TestFs::mount();
+    let b = fs.bucket("k");
+    topic(&fs, "t", &nats, "kill.ev", "");
+    notifications(&fs, "k", &all_events("n", "t"));
+    for i in 0..200 {
+        fs::write(b.join(format!("f{i}")), b"x").unwrap();
+    }
+    fs.kill9();
+    nats.run();
+    let mut sub = Sub::new(&nats.url(), "kill.ev");
+    fs.restart();
+    let got = sub.take(200, Duration::from_secs(60));
+    let mut keys: Vec<String> = got
+        .iter()
+        .map(|m| {
+            m.record()["s3"]["object"]["key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 200);
+}
+
+#[test]
+fn ten_thousand_events_share_one_connection() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "many");
+    let fs = TestFs::mount();
+    let b = fs.bucket("m");
+    topic(&fs, "t", &nats, "many", "");
+    notifications(&fs, "m", &all_events("n", "t"));
+    for d in 0..10 {
+        fs::create_dir(b.join(format!("d{d}"))).unwrap();
+        for i in 0..1000 {
+            fs::write(b.join(format!("d{d}/f{i}")), b"x").unwrap();
+        }
+    }
+    let got = sub.take(10_000, Duration::from_secs(120));
+    assert_eq!(got.len(), 10_000);
+    let names = nats.connection_names();
+    assert_eq!(
+        names.iter().filter(|n| *n == "lunafs").count(),
+        1,
+        "connections: {names:?}"
+    );
+}
+
+#[test]
+fn global_table_survives_remount_and_background_script_runs() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "bg");
+    let mut fs = TestFs::with_options("allow_other,background_interval=0.2");
+    let b = fs.bucket("g");
+    topic(&fs, "t", &nats, "unused", "");
+    notifications(&fs, "g", &all_events("n", "t"));
+    fs::write(
+        fs.path(".lunafs/notify/g.lua"),
+        "RGW.increment('events')\nRGW['last'] = event.s3.object.key\n",
+    )
+    .unwrap();
+    for i in 0..5 {
+        fs::write(b.join(format!("f{i}")), b"x").unwrap();
+    }
+    let read_global = |fs: &TestFs| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(fs.path(".lunafs/global")).unwrap()).unwrap()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while read_global(&fs)["events"] != 5 {
+        assert!(std::time::Instant::now() < deadline, "{}", read_global(&fs));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read_global(&fs)["last"], "f4");
+    fs.remount();
+    assert_eq!(read_global(&fs)["events"], 5);
+
+    fs::write(
+        fs.path(".lunafs/background.lua"),
+        "local n = RGW.increment('ticks')\nnats.publish('bg', 'tick ' .. n .. ' ' .. RGW['events'], nil, 't')\n",
+    )
+    .unwrap();
+    let got = sub.take(3, WAIT);
+    assert_eq!(got.len(), 3);
+    assert!(String::from_utf8_lossy(&got[2].payload).ends_with(" 5"));
+    assert!(read_global(&fs)["ticks"].as_i64().unwrap() >= 3);
+}
+
+#[test]
+fn a_failing_script_is_counted_logged_and_blocks_nothing_else() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "ok");
+    let fs = TestFs::mount();
+    let bad = fs.bucket("bad");
+    let good = fs.bucket("good");
+    topic(&fs, "t", &nats, "ok", "max_retries = 2");
+    notifications(&fs, "bad", &all_events("n", "t"));
+    notifications(&fs, "good", &all_events("n", "t"));
+    fs::write(
+        fs.path(".lunafs/notify/bad.lua"),
+        "error('broken on purpose')",
+    )
+    .unwrap();
+    // A slow script, bounded by the Lua limits, for the other bucket... is not needed here:
+    // the dispatcher runs apart from FUSE, so writes go on while scripts fail.
+    for i in 0..20 {
+        fs::write(bad.join(format!("f{i}")), b"x").unwrap();
+        fs::write(good.join(format!("f{i}")), b"x").unwrap();
+    }
+    let got = sub.take(20, WAIT);
+    assert_eq!(got.len(), 20);
+    assert!(got
+        .iter()
+        .all(|m| m.record()["s3"]["bucket"]["name"] == "good"));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = stats(&fs);
+        if s["delivery"]["dropped"].as_u64() == Some(20) {
+            assert!(
+                s["delivery"]["script_errors"].as_u64().unwrap() >= 60,
+                "{s}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fs.log().contains("broken on purpose"));
+
+    // Settings are validated when written.
+    let e = write_closed(fs.path(".lunafs/notify/bad.lua"), "this is not lua").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let e = write_closed(
+        fs.path(".lunafs/notifications/good.toml"),
+        &all_events("x", "missing-topic"),
+    )
+    .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let e = fs::remove_file(fs.path(".lunafs/topics/t.toml")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
+}
