@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::store::LOG_FILE;
 
 mod calls;
+mod notify;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -91,6 +92,24 @@ pub enum Cmd {
         #[arg(short = 'm', long = "mount", global = true, value_name = "MOUNTPOINT")]
         mount: Option<PathBuf>,
     },
+    /// Manage NATS topics (bucket notification destinations) of a mounted lunafs.
+    Topic {
+        #[command(subcommand)]
+        action: notify::TopicCmd,
+        /// The lunafs mount (default: $LUNAFS_MOUNT, else the mount holding the current
+        /// directory).
+        #[arg(short = 'm', long = "mount", global = true, value_name = "MOUNTPOINT")]
+        mount: Option<PathBuf>,
+    },
+    /// Manage bucket notifications, notification scripts and the background script.
+    Notification {
+        #[command(subcommand)]
+        action: notify::NotificationCmd,
+        /// The lunafs mount (default: $LUNAFS_MOUNT, else the mount holding the current
+        /// directory).
+        #[arg(short = 'm', long = "mount", global = true, value_name = "MOUNTPOINT")]
+        mount: Option<PathBuf>,
+    },
     /// Manage Lua packages (modules for `require`) of a mounted lunafs.
     Package {
         #[command(subcommand)]
@@ -146,6 +165,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         ),
         Cmd::Class { action, mount } => calls::class(action, mount.as_deref()),
         Cmd::Package { action, mount } => calls::package(action, mount.as_deref()),
+        Cmd::Topic { action, mount } => notify::topic(action, mount.as_deref()),
+        Cmd::Notification { action, mount } => notify::notification(action, mount.as_deref()),
     }
 }
 
@@ -389,12 +410,14 @@ fn fsck(store_path: &Path, repair: bool) -> Result<i32> {
         println!("{tag}: {}", f.problem);
     }
     println!(
-        "{}: {} inodes, {} entries, {} chunks, {} orphans to purge at next mount; {} problem(s)",
+        "{}: {} inodes, {} entries, {} chunks, {} orphans to purge at next mount, {} events \
+         queued; {} problem(s)",
         store_path.display(),
         report.inodes,
         report.entries,
         report.chunks,
         report.orphans,
+        report.events,
         report.findings.len()
     );
     Ok(report.exit_code())

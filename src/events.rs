@@ -174,7 +174,7 @@ mod tests {
     fn iso8601_formats_utc_with_milliseconds() {
         assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_363_982_123);
-        assert_eq!(iso8601(t), "2026-11-22T15:33:02.123Z");
+        assert_eq!(iso8601(t), "2026-11-22T16:13:02.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(iso8601(leap), "2000-02-29T00:00:00.000Z");
     }

@@ -77,7 +77,17 @@ fn control_directory_is_hidden_but_reachable_by_name() {
         .collect();
     assert_eq!(
         inside,
-        vec!["call", "classes", "packages", "stats", "version"]
+        vec![
+            "call",
+            "classes",
+            "global",
+            "notifications",
+            "notify",
+            "packages",
+            "stats",
+            "topics",
+            "version"
+        ]
     );
     assert_eq!(errno_of(fs::create_dir(t.path(".lunafs"))), libc::EEXIST);
     assert_eq!(errno_of(fs::write(t.path(".lunafs/x"), b"1")), libc::EPERM);

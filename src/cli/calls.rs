@@ -61,7 +61,7 @@ fn mount_root(path: &Path) -> Result<PathBuf> {
     )))
 }
 
-fn chosen_mount(mount: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn chosen_mount(mount: Option<&Path>) -> Result<PathBuf> {
     match mount {
         Some(m) => mount_root(m),
         None => match std::env::var_os("LUNAFS_MOUNT") {
@@ -76,7 +76,7 @@ fn chosen_mount(mount: Option<&Path>) -> Result<PathBuf> {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(super) fn read_file(path: &Path) -> Result<Vec<u8>> {
     if path == Path::new("-") {
         let mut v = Vec::new();
         std::io::stdin()
@@ -89,7 +89,7 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Writes `data` to `path` and reports the close's error too (lunafs stores a class file
 /// at close, and refuses it there).
-fn write_checked(path: &Path, data: &[u8]) -> Result<()> {
+pub(super) fn write_checked(path: &Path, data: &[u8]) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
     let mut f = OpenOptions::new()
         .write(true)
@@ -198,7 +198,7 @@ fn parse_response(r: &[u8]) -> Option<(i32, &[u8], String)> {
     Some((result, &body[..out_len], message))
 }
 
-fn list(dir: &Path) -> Result<Vec<String>> {
+pub(super) fn list(dir: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
         .filter_map(|e| e.ok())

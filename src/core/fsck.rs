@@ -8,7 +8,8 @@
 //! directory has one entry, and its `parent` and `bucket` agree with it; a file's `bucket` is
 //! that of its directories; chunks belong to existing files and hold no byte past the size;
 //! omap/xattr entries belong to existing inodes; orphan records name unlinked inodes; the
-//! inode-number reservation is above every inode.
+//! inode-number reservation is above every inode; every queued event is a well-formed
+//! record (`events::Queued`) numbered below the event-sequence reservation.
 //!
 //! An inode record that exists but cannot be decoded is damage fsck cannot repair; nothing
 //! that refers to it (entries, data, attributes) is touched, and without a sound root no
@@ -38,6 +39,8 @@ pub struct Report {
     pub chunks: usize,
     /// Inodes unlinked while open; the next mount purges them.
     pub orphans: usize,
+    /// Events queued for delivery.
+    pub events: usize,
     pub repaired: bool,
 }
 
@@ -75,6 +78,8 @@ struct Scan {
     trim_chunks: Vec<(Ino, u64, usize)>,
     drop_orphans: Vec<Ino>,
     reserve_above: Option<Ino>,
+    drop_events: Vec<u64>,
+    reserve_events_above: Option<u64>,
 }
 
 impl Scan {
@@ -121,6 +126,7 @@ pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
     check_entries(store, &mut s)?;
     check_inodes(store, &mut s)?;
     check_chunks(store, &mut s)?;
+    check_queue(store, &mut s)?;
     store.scan_attr_owners(|ino, name| {
         if !s.inodes.contains_key(&ino) && !s.damaged.contains(&ino) && s.purge.insert(ino) {
             s.find(
@@ -376,8 +382,46 @@ fn check_chunks(store: &Store, s: &mut Scan) -> Result<()> {
     Ok(())
 }
 
+/// Queued events: each decodes as a record (an undecodable one can never be delivered:
+/// repair drops it), and the sequence reservation is above them all (else new events could
+/// reuse a number: repair raises it).
+fn check_queue(store: &Store, s: &mut Scan) -> Result<()> {
+    let reserved = store.event_reserved()?;
+    let mut from = 0;
+    loop {
+        let page = store.events(from, 1024)?;
+        let Some(&(last, _)) = page.last() else {
+            break;
+        };
+        from = last + 1;
+        for (seq, bytes) in page {
+            s.report.events += 1;
+            if let Err(e) = crate::events::Queued::decode(&bytes) {
+                s.find(true, format!("queued event {seq}: {e}"));
+                s.drop_events.push(seq);
+            }
+            if seq >= reserved && s.reserve_events_above.is_none_or(|m| seq > m) {
+                s.reserve_events_above = Some(seq);
+            }
+        }
+    }
+    if let Some(max) = s.reserve_events_above {
+        s.find(
+            true,
+            format!("queued event {max} is not below the event sequence reservation {reserved}"),
+        );
+    }
+    Ok(())
+}
+
 fn apply(store: &Store, s: &mut Scan) -> Result<()> {
     let mut batch = store.batch();
+    for &seq in &s.drop_events {
+        batch.delete_event(seq);
+    }
+    if let Some(max) = s.reserve_events_above {
+        batch.put_event_reserved(max + 1);
+    }
     for (parent, name) in &s.drop_entries {
         batch.delete_dentry(*parent, name);
     }
@@ -480,5 +524,29 @@ mod tests {
         assert!(!report.repaired);
         assert!(store.dentry(ROOT, b"b").unwrap().is_some());
         assert!(store.inode(bucket).unwrap().is_some());
+    }
+
+    #[test]
+    fn malformed_queued_events_are_found_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::open(dir.path(), (0, 0)).unwrap();
+        let store = core.store();
+        let mut batch = store.batch();
+        batch.put_event(1, b"{\"not\": \"an event\"}");
+        batch.commit().unwrap();
+        let report = fsck(store, false).unwrap();
+        assert_eq!(report.events, 1);
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.problem.starts_with("queued event 1:")),
+            "{report:?}"
+        );
+        let report = fsck(store, true).unwrap();
+        assert_eq!(report.exit_code(), 1);
+        let report = fsck(store, false).unwrap();
+        assert!(report.findings.is_empty(), "{report:?}");
+        assert_eq!(report.events, 0);
     }
 }
