@@ -219,7 +219,7 @@ impl Worker {
             for (seq, bytes) in page {
                 match self.send(seq, &bytes, &mut blocked) {
                     Step::Wait => {}
-                    Step::Sent(s) => sent.push(s),
+                    Step::Sent(s) => sent.push(*s),
                     Step::Drop(why) => {
                         tracing::warn!(seq, reason = %why, "event dropped");
                         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -322,7 +322,7 @@ impl Worker {
             }
         };
         match self.publish(&messages, q.event_id(), &settings.topics) {
-            Ok((acks, conns)) => Step::Sent(Sent {
+            Ok((acks, conns)) => Step::Sent(Box::new(Sent {
                 seq,
                 ino: q.ino,
                 event_id: q.event_id().to_string(),
@@ -330,7 +330,7 @@ impl Worker {
                 messages: messages.len() as u64,
                 acks,
                 conns,
-            }),
+            })),
             Err(why) => fail(self, why),
         }
     }
@@ -541,7 +541,7 @@ impl Worker {
 enum Step {
     /// Not now (blocked behind an earlier event of its object, or backing off).
     Wait,
-    Sent(Sent),
+    Sent(Box<Sent>),
     Drop(String),
 }
 

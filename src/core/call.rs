@@ -479,8 +479,7 @@ impl<'c> ObjectTxn<'c> {
                 ino,
                 place,
                 (self.inode.size, mtime),
-                &md5,
-                metadata,
+                (&md5, metadata),
                 self.target.uid,
             )?;
         }

@@ -559,8 +559,7 @@ impl Core {
         ino: Ino,
         place: Option<(Ino, &[u8])>,
         (size, mtime): (u64, Timestamp),
-        md5: &str,
-        metadata: Vec<(String, String)>,
+        (md5, metadata): (&str, Vec<(String, String)>),
         uid: u32,
     ) -> Result<usize> {
         let bucket = self.getattr(ino)?.bucket;
