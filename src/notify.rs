@@ -167,7 +167,17 @@ struct Sent {
     topic: Option<Topic>,
     messages: u64,
     acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
-    conns: Vec<Client>,
+    /// Connections (by `Topic::connection_key`) with core NATS messages to flush.
+    conns: Vec<String>,
+}
+
+/// How a sent entry ended.
+struct Settled {
+    seq: u64,
+    ino: u64,
+    event_id: String,
+    topic: Option<Topic>,
+    result: std::result::Result<(), String>,
 }
 
 impl Worker {
@@ -228,12 +238,12 @@ impl Worker {
                 }
             }
             for s in self.settle(sent) {
-                match s {
-                    Ok(seq) => finished.push(seq),
-                    Err((seq, ino, topic, event_id, why)) => {
-                        blocked.insert(ino);
-                        if topic.is_some_and(|t| self.failed(seq, &t, &event_id, &why)) {
-                            finished.push(seq);
+                match (s.result, s.topic) {
+                    (Ok(()), _) => finished.push(s.seq),
+                    (Err(why), topic) => {
+                        blocked.insert(s.ino);
+                        if topic.is_some_and(|t| self.failed(s.seq, &t, &s.event_id, &why)) {
+                            finished.push(s.seq);
                         }
                     }
                 }
@@ -346,7 +356,7 @@ impl Worker {
     ) -> std::result::Result<
         (
             Vec<async_nats::jetstream::context::PublishAckFuture>,
-            Vec<Client>,
+            Vec<String>,
         ),
         String,
     > {
@@ -384,27 +394,25 @@ impl Worker {
                 self.rt
                     .block_on(client.publish_with_headers(subject, headers, payload))
                     .map_err(|e| format!("publish to {}: {e}", m.subject))?;
-                conns.push(client);
+                let key = topic.connection_key();
+                if !conns.contains(&key) {
+                    conns.push(key);
+                }
             }
         }
         Ok((acks, conns))
     }
 
-    /// Waits for the flushes and acks of sent entries: Ok(seq) delivered, Err failed.
-    #[allow(clippy::type_complexity)]
-    fn settle(
-        &mut self,
-        sent: Vec<Sent>,
-    ) -> Vec<std::result::Result<u64, (u64, u64, Option<Topic>, String, String)>> {
-        // One flush per connection covers every message buffered before it.
-        let mut flushed: HashMap<usize, std::result::Result<(), String>> = HashMap::new();
+    /// Waits for the flushes and acks of sent entries.
+    fn settle(&mut self, sent: Vec<Sent>) -> Vec<Settled> {
+        // One flush per connection covers every message buffered on it before.
+        let mut flushed: HashMap<String, std::result::Result<(), String>> = HashMap::new();
         let mut out = Vec::new();
         for s in sent {
             let mut result = Ok(());
-            for c in &s.conns {
-                let key = c as *const Client as usize;
-                let r = flushed.entry(key).or_insert_with(|| {
-                    let c = c.clone();
+            for key in &s.conns {
+                let r = flushed.entry(key.clone()).or_insert_with(|| {
+                    let c = self.conns.get(key).cloned().expect("published on it");
                     self.rt
                         .block_on(async { tokio::time::timeout(PUBLISH_TIMEOUT, c.flush()).await })
                         .map_err(|_| "flush timed out".to_string())
@@ -424,15 +432,18 @@ impl Worker {
                     Err(_) => result = Err("PubAck timed out".into()),
                 }
             }
-            out.push(match result {
-                Ok(()) => {
-                    self.counters
-                        .published
-                        .fetch_add(s.messages, Ordering::Relaxed);
-                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    Ok(s.seq)
-                }
-                Err(why) => Err((s.seq, s.ino, s.topic, s.event_id, why)),
+            if result.is_ok() {
+                self.counters
+                    .published
+                    .fetch_add(s.messages, Ordering::Relaxed);
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            out.push(Settled {
+                seq: s.seq,
+                ino: s.ino,
+                event_id: s.event_id,
+                topic: s.topic,
+                result,
             });
         }
         out
@@ -532,7 +543,7 @@ impl Worker {
             }])
         });
         match result {
-            Ok(r) if r.iter().all(|r| r.is_ok()) => {}
+            Ok(r) if r.iter().all(|r| r.result.is_ok()) => {}
             _ => tracing::warn!("background script messages were not all published"),
         }
     }
