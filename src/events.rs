@@ -34,8 +34,8 @@ pub struct Change {
     pub etag: String,
     /// uid of the process that made the change.
     pub uid: u32,
-    /// The omap entries (values as UTF-8, lossily).
-    pub metadata: Vec<(String, String)>,
+    /// The omap entries (values as UTF-8, lossily); None: read from the store when queued.
+    pub metadata: Option<Vec<(String, String)>>,
     pub time: SystemTime,
 }
 
@@ -45,6 +45,7 @@ pub fn entry(change: &Change, n: &Notification, topic: &Topic, seq: u64, store_i
     let metadata: Vec<Value> = change
         .metadata
         .iter()
+        .flatten()
         .map(|(k, v)| json!({"key": k, "val": v}))
         .collect();
     let record = json!({
@@ -199,7 +200,7 @@ mod tests {
             size: 3,
             etag: "900150983cd24fb0d6963f7d28e17f72".into(),
             uid: 1000,
-            metadata: vec![("color".into(), "red".into())],
+            metadata: Some(vec![("color".into(), "red".into())]),
             time: SystemTime::now(),
         };
         let v = entry(&change, &n, &topic, 0x2a, "abcd");

@@ -390,15 +390,10 @@ impl<'c> ObjectTxn<'c> {
         let metadata = self
             .map_get_vals(b"", b"", usize::MAX)?
             .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
+            .map(|(k, v)| super::events::lossy_pair(&k, &v))
             .collect();
         Ok((
-            super::events::hex(md5::Digest::finalize(h).as_slice()),
+            crate::lua::digest::hex(md5::Digest::finalize(h).as_slice()),
             metadata,
         ))
     }

@@ -28,6 +28,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{Core, Txn, ROOT};
 use crate::error::{Error, Result};
 use crate::events::{self, config, Change, Notification, Topic};
+use crate::lua::digest::hex;
 use crate::lua::{Engine, Script};
 use crate::store::codec::{Kind, Timestamp};
 use crate::store::keys::Ino;
@@ -66,6 +67,11 @@ impl Item {
         }
     }
 
+    /// The topic or bucket name ("" for the background script).
+    pub fn name(&self) -> &str {
+        self.key().1
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Item::Topic(n) => format!("topic {n}"),
@@ -102,6 +108,8 @@ pub struct Events {
     next_seq: AtomicU64,
     seq_reserved: AtomicU64,
     reserving: Mutex<()>,
+    /// Serializes changes of the settings (validate, store, reload).
+    changing: Mutex<()>,
     store_id: String,
     writing: Mutex<HashMap<Ino, Writing>>,
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
@@ -130,6 +138,7 @@ impl Events {
             next_seq: AtomicU64::new(next),
             seq_reserved: AtomicU64::new(next),
             reserving: Mutex::new(()),
+            changing: Mutex::new(()),
             store_id,
             writing: Mutex::default(),
             names: Mutex::default(),
@@ -208,6 +217,11 @@ impl Events {
         self.settings.read().watched.contains(&bucket)
     }
 
+    /// Whether any bucket has notifications (the per-open check skips everything if not).
+    fn any_watched(&self) -> bool {
+        !self.settings.read().watched.is_empty()
+    }
+
     /// Remembers that `ino` is called `name` in `parent` (files of watched buckets only).
     pub(super) fn remember(&self, bucket: Ino, ino: Ino, parent: Ino, name: &[u8]) {
         if self.watched(bucket) {
@@ -242,7 +256,7 @@ fn random_id() -> Result<String> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| Error::io("reading /dev/urandom", e))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&buf))
 }
 
 /// Where an object is: its bucket and key.
@@ -265,21 +279,20 @@ impl Core {
         self.store.notify_get(kind, name)
     }
 
-    /// The names stored for items like `item` (topics, buckets with notifications or with
-    /// scripts).
-    pub fn notify_names(&self, kind_of: &Item) -> Result<Vec<String>> {
-        let (kind, _) = kind_of.key();
+    /// Every stored item of one kind, `make` being its constructor (`Item::Topic`, ...).
+    pub fn notify_items(&self, make: fn(String) -> Item) -> Result<Vec<Item>> {
+        let (kind, _) = make(String::new()).key();
         Ok(self
             .store
             .notify_list(kind)?
             .into_iter()
-            .map(|(n, _)| n)
+            .map(|(n, _)| make(n))
             .collect())
     }
 
     /// Validates and stores a setting; it is in force for the next event.
     pub fn notify_put(&self, item: &Item, text: &[u8]) -> Result<()> {
-        let _one = self.events.reserving.lock();
+        let _one = self.events.changing.lock();
         let utf8 = || {
             std::str::from_utf8(text)
                 .map_err(|_| Error::InvalidArgument(format!("{}: not UTF-8", item.describe())))
@@ -315,7 +328,7 @@ impl Core {
 
     /// Removes a setting. A topic that a notification names is refused (EBUSY).
     pub fn notify_remove(&self, item: &Item) -> Result<()> {
-        let _one = self.events.reserving.lock();
+        let _one = self.events.changing.lock();
         let (kind, name) = item.key();
         if self.store.notify_get(kind, name)?.is_none() {
             return Err(Error::NotFound(item.describe()));
@@ -351,6 +364,9 @@ impl Core {
     /// An open for writing (`truncated`: a new file or O_TRUNC) by `uid`; pairs with
     /// `end_write`.
     pub fn begin_write(&self, ino: Ino, uid: u32, truncated: bool) -> Result<()> {
+        if !self.events.any_watched() {
+            return Ok(());
+        }
         let inode = self.getattr(ino)?;
         if inode.kind != Kind::File || !self.events.watched(inode.bucket) {
             return Ok(());
@@ -450,7 +466,7 @@ impl Core {
         let mut batch = self.store.batch();
         put_etag(&mut batch, ino, inode.size, inode.mtime, &etag);
         let change = self.change("ObjectCreated:Put", &place, ino, inode.size, etag, uid);
-        let queued = self.queue(&mut batch, &change, ino)?;
+        let queued = self.queue(&mut batch, change)?;
         batch.commit()?;
         self.queued(queued);
         Ok(())
@@ -479,7 +495,7 @@ impl Core {
             String::new(),
             inode.uid,
         );
-        self.queue(&mut txn.batch, &change, ino)
+        self.queue(&mut txn.batch, change)
     }
 
     /// Queues Copy at the new place and Delete at the old one for `ino` (a file, or every
@@ -534,7 +550,7 @@ impl Core {
             };
             let etag = self.etag_of(file, &inode)?;
             let copy = self.change("ObjectCreated:Copy", &at(&to), file, inode.size, etag, uid);
-            n += self.queue(&mut txn.batch, &copy, file)?;
+            n += self.queue(&mut txn.batch, copy)?;
             let delete = self.change(
                 "ObjectRemoved:Delete",
                 &at(&from),
@@ -543,7 +559,7 @@ impl Core {
                 String::new(),
                 uid,
             );
-            n += self.queue(&mut txn.batch, &delete, file)?;
+            n += self.queue(&mut txn.batch, delete)?;
         }
         if self.getattr(ino)?.kind == Kind::File {
             self.events.remember(to.bucket_ino, ino, newparent, newname);
@@ -573,8 +589,8 @@ impl Core {
         let Some(place) = place else { return Ok(0) };
         put_etag(batch, ino, size, mtime, md5);
         let mut change = self.change("ObjectCreated:Put", &place, ino, size, md5.into(), uid);
-        change.metadata = metadata;
-        self.queue(batch, &change, ino)
+        change.metadata = Some(metadata);
+        self.queue(batch, change)
     }
 
     /// Runs a notification or background script (for the dispatcher), with `require` of
@@ -620,57 +636,64 @@ impl Core {
             size,
             etag,
             uid,
-            metadata: Vec::new(),
+            metadata: None,
             time: SystemTime::now(),
         }
     }
 
-    /// Puts one queue entry per notification of the bucket that wants `change`; returns
-    /// how many.
-    fn queue(&self, batch: &mut Batch<'_>, change: &Change, ino: Ino) -> Result<usize> {
+    /// Puts one queue entry per notification of the bucket that wants `change` (of object
+    /// `change.ino`); returns how many. The omap is read only if one wants it.
+    fn queue(&self, batch: &mut Batch<'_>, mut change: Change) -> Result<usize> {
         let settings = self.events.settings();
         let Some(list) = settings.buckets.get(&change.bucket) else {
             return Ok(0);
         };
-        let mut metadata: Option<Vec<(String, String)>> = None;
-        let mut n = 0;
+        let mut wanted = Vec::new();
         for notification in list {
-            if !notification.wants(change.event, &change.key) {
-                continue;
-            }
-            if !notification.omap.is_empty()
-                && !notification.omap_matches(|k| self.store.omap_get(ino, k.as_bytes()).ok()?)
+            if !notification.wants(change.event, &change.key)
+                || !self.omap_matches(notification, change.ino)?
             {
                 continue;
             }
-            let Some(topic) = settings.topics.get(&notification.topic) else {
-                tracing::error!(notification = %notification.id, topic = %notification.topic,
-                    "notification names a missing topic; event not queued");
-                continue;
-            };
-            let mut change = change.clone();
-            if change.metadata.is_empty() {
-                let md = match &metadata {
-                    Some(m) => m.clone(),
-                    None => {
-                        let m: Vec<(String, String)> = self
-                            .store
-                            .omap_entries(ino)?
-                            .into_iter()
-                            .map(|(k, v)| lossy_pair(&k, &v))
-                            .collect();
-                        metadata = Some(m.clone());
-                        m
-                    }
-                };
-                change.metadata = md;
+            match settings.topics.get(&notification.topic) {
+                Some(topic) => wanted.push((notification, topic)),
+                None => tracing::error!(notification = %notification.id,
+                    topic = %notification.topic, "notification names a missing topic; event not queued"),
             }
+        }
+        if !wanted.is_empty() && change.metadata.is_none() {
+            change.metadata = Some(
+                self.store
+                    .omap_entries(change.ino)?
+                    .into_iter()
+                    .map(|(k, v)| lossy_pair(&k, &v))
+                    .collect(),
+            );
+        }
+        for &(notification, topic) in &wanted {
             let seq = self.events.next_seq(&self.store)?;
             let entry = events::entry(&change, notification, topic, seq, &self.events.store_id);
             batch.put_event(seq, entry.to_string().as_bytes());
-            n += 1;
         }
-        Ok(n)
+        Ok(wanted.len())
+    }
+
+    /// Whether `ino`'s omap holds the values `notification` filters on.
+    fn omap_matches(&self, notification: &Notification, ino: Ino) -> Result<bool> {
+        if notification.omap.is_empty() {
+            return Ok(true);
+        }
+        let mut failed = None;
+        let matches = notification.omap_matches(|k| {
+            self.store.omap_get(ino, k.as_bytes()).unwrap_or_else(|e| {
+                failed.get_or_insert(e);
+                None
+            })
+        });
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(matches),
+        }
     }
 
     /// The bucket and key of `name` in directory `parent` (not the root).
@@ -799,15 +822,12 @@ impl Core {
     }
 }
 
-fn lossy_pair(k: &[u8], v: &[u8]) -> (String, String) {
+/// An omap entry as event metadata (UTF-8, lossily).
+pub(super) fn lossy_pair(k: &[u8], v: &[u8]) -> (String, String) {
     (
         String::from_utf8_lossy(k).into_owned(),
         String::from_utf8_lossy(v).into_owned(),
     )
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `keys::ETAG` record: size, mtime and the hex digest.

@@ -225,24 +225,15 @@ impl Control {
                 Error::InvalidArgument(format!("{name}: module files are named MODULE@VERSION.lua"))
             })?),
             TOPICS_INO | NOTIFICATIONS_INO | NOTIFY_INO => {
-                let (suffix, what) = match parent {
-                    TOPICS_INO => (TOML, "topic files are named TOPIC.toml"),
-                    NOTIFICATIONS_INO => (TOML, "notification files are named BUCKET.toml"),
-                    _ => (SUFFIX, "notification scripts are named BUCKET.lua"),
-                };
+                let (make, suffix, what) = settings_dir(parent);
                 let base = name
                     .strip_suffix(suffix)
                     .filter(|b| !b.is_empty())
-                    .ok_or_else(|| Error::InvalidArgument(format!("{name}: {what}")))?
-                    .to_string();
-                Node::Setting(match parent {
-                    TOPICS_INO => {
-                        crate::events::config::check_name(&base, "topic")?;
-                        Item::Topic(base)
-                    }
-                    NOTIFICATIONS_INO => Item::Notifications(base),
-                    _ => Item::Script(base),
-                })
+                    .ok_or_else(|| Error::InvalidArgument(format!("{name}: {what}")))?;
+                if parent == TOPICS_INO {
+                    crate::events::config::check_name(base, "topic")?;
+                }
+                Node::Setting(make(base.to_string()))
             }
             DIR_INO if name == BACKGROUND => Node::Setting(Item::Background),
             _ => {
@@ -321,27 +312,17 @@ impl Control {
                 }
                 Ok(list)
             }
-            Node::TopicsDir => Ok(core
-                .notify_names(&Item::Topic(String::new()))?
-                .into_iter()
-                .map(|n| file(Node::Setting(Item::Topic(n.clone())), format!("{n}{TOML}")))
-                .collect()),
-            Node::NotificationsDir => Ok(core
-                .notify_names(&Item::Notifications(String::new()))?
-                .into_iter()
-                .map(|b| {
-                    let name = format!("{b}{TOML}");
-                    file(Node::Setting(Item::Notifications(b)), name)
-                })
-                .collect()),
-            Node::NotifyDir => Ok(core
-                .notify_names(&Item::Script(String::new()))?
-                .into_iter()
-                .map(|b| {
-                    let name = format!("{b}{SUFFIX}");
-                    file(Node::Setting(Item::Script(b)), name)
-                })
-                .collect()),
+            Node::TopicsDir | Node::NotificationsDir | Node::NotifyDir => {
+                let (make, suffix, _) = settings_dir(ino);
+                Ok(core
+                    .notify_items(make)?
+                    .into_iter()
+                    .map(|item| {
+                        let name = format!("{}{suffix}", item.name());
+                        file(Node::Setting(item), name)
+                    })
+                    .collect())
+            }
             Node::ClassesDir => Ok(core
                 .class_names()?
                 .into_iter()
@@ -393,6 +374,24 @@ impl Control {
             Node::Setting(item) => core.notify_remove(&item),
             _ => Err(Error::NotPermitted("/.lunafs".into())),
         }
+    }
+}
+
+/// What the settings directory `ino` holds: the item kind, its files' suffix, and how its
+/// files are named (for errors).
+fn settings_dir(ino: Ino) -> (fn(String) -> Item, &'static str, &'static str) {
+    match ino {
+        TOPICS_INO => (Item::Topic, TOML, "topic files are named TOPIC.toml"),
+        NOTIFICATIONS_INO => (
+            Item::Notifications,
+            TOML,
+            "notification files are named BUCKET.toml",
+        ),
+        _ => (
+            Item::Script,
+            SUFFIX,
+            "notification scripts are named BUCKET.lua",
+        ),
     }
 }
 
