@@ -367,18 +367,14 @@ fn calls_check_the_callers_access_to_the_object() {
         "function f(i, o) objclass.write_full('mine') end objclass.register(f)",
     );
     fs::write(fs.path("b/private"), b"secret").unwrap();
+    let call_as_4242 = |method: &str| {
+        let object = fs.path("b/private");
+        common::run_as(4242, &[LUNAFS, "call", object.to_str().unwrap(), method])
+    };
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(fs.path("b/private"), fs::Permissions::from_mode(0o644)).unwrap();
     // As another user, through the CLI: write permission is required.
-    let out = common::run_as(
-        4242,
-        &[
-            LUNAFS,
-            "call",
-            fs.path("b/private").to_str().unwrap(),
-            "w.f",
-        ],
-    );
+    let out = call_as_4242("w.f");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("-{}", libc::EACCES)),
@@ -392,15 +388,7 @@ fn calls_check_the_callers_access_to_the_object() {
         "function f(i, o) objclass.setxattr('security.capability', 'x') end objclass.register(f)",
     );
     fs::set_permissions(fs.path("b/private"), fs::Permissions::from_mode(0o666)).unwrap();
-    let out = common::run_as(
-        4242,
-        &[
-            LUNAFS,
-            "call",
-            fs.path("b/private").to_str().unwrap(),
-            "sec.f",
-        ],
-    );
+    let out = call_as_4242("sec.f");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("-{}", libc::EPERM)),

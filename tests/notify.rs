@@ -520,3 +520,82 @@ fn cli_manages_settings_and_the_shipped_routing_script_routes() {
         "{out:?}"
     );
 }
+
+#[test]
+fn handler_calls_and_directory_renames_give_events() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "h.>");
+    let fs = TestFs::mount();
+    let b = fs.bucket("hb");
+    fs::create_dir(b.join("dir")).unwrap();
+    fs::write(b.join("dir/obj"), b"before").unwrap();
+    fs.put_class(
+        "stamp",
+        "function f(i, o) objclass.write_full('after the call') \
+         objclass.map_set_val('state', 'stamped') end objclass.register(f)",
+    );
+    topic(&fs, "t", &nats, "h.ev", "");
+    notifications(&fs, "hb", &all_events("n", "t"));
+
+    // A handler that changes the data: one Put, with the new content's MD5 and the omap the
+    // call left.
+    xattr::set(b.join("dir/obj"), "user.cls.stamp.f", b"").unwrap();
+    let got = sub.take(1, WAIT);
+    let r = got[0].record();
+    assert_eq!(r["eventName"], "ObjectCreated:Put");
+    assert_eq!(r["s3"]["object"]["key"], "dir/obj");
+    assert_eq!(r["s3"]["object"]["size"], 14);
+    assert_eq!(r["s3"]["object"]["eTag"], md5sum(&b.join("dir/obj")));
+    assert_eq!(
+        r["s3"]["object"]["metadata"],
+        serde_json::json!([{"key": "state", "val": "stamped"}])
+    );
+
+    // Renaming a directory moves every object under it.
+    fs::rename(b.join("dir"), b.join("moved")).unwrap();
+    let got = sub.take(2, WAIT);
+    let seen: Vec<(String, String, String)> = got
+        .iter()
+        .map(|m| {
+            let r = m.record();
+            (
+                r["eventName"].as_str().unwrap().to_string(),
+                r["s3"]["object"]["key"].as_str().unwrap().to_string(),
+                r["s3"]["object"]["eTag"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let etag = md5sum(&b.join("moved/obj"));
+    assert_eq!(
+        seen,
+        vec![
+            ("ObjectCreated:Copy".into(), "moved/obj".into(), etag),
+            (
+                "ObjectRemoved:Delete".into(),
+                "dir/obj".into(),
+                String::new()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn events_older_than_time_to_live_are_dropped_and_counted() {
+    let nats = Nats::stopped(); // never started: nothing can be delivered
+    let fs = TestFs::mount();
+    let b = fs.bucket("ttl");
+    topic(&fs, "t", &nats, "ttl.ev", "time_to_live = 1");
+    notifications(&fs, "ttl", &all_events("n", "t"));
+    fs::write(b.join("f"), b"x").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = stats(&fs);
+        if s["delivery"]["dropped"] == 1 {
+            assert_eq!(s["delivery"]["delivered"], 0, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(fs.log().contains("older than time_to_live"), "{}", fs.log());
+}
