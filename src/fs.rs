@@ -1003,9 +1003,16 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
             Err(e) => warn!(error = %e, "the new mount does not answer"),
         })
         .map_err(|e| Error::io("starting the readiness thread", e))?;
-    session
-        .run()
-        .map_err(|e| Error::io("serving FUSE requests", e))?;
+    match session.run() {
+        Ok(()) => {}
+        // After a lazy unmount (or an abort through /sys/fs/fuse/connections) a worker may
+        // read ECONNABORTED instead of ENODEV: the connection is over either way, and every
+        // acknowledged change is already committed, so it ends the session like ENODEV.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            warn!("the kernel aborted the FUSE connection; ending the session")
+        }
+        Err(e) => return Err(Error::io("serving FUSE requests", e)),
+    }
     dispatcher.stop();
     // destroy() flushed the store if the kernel said goodbye; flush again for the case where
     // the session ended without it (the device was closed under us).
