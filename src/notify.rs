@@ -4,7 +4,9 @@
 //! connections held on a small tokio runtime, one per server and credentials, reconnecting
 //! on their own.
 //!
-//! A round reads the queue in order, in pages. An entry is deleted from the queue only once
+//! A round reads the queue in order, in pages, from the first entry still waiting (or a lower
+//! one a FUSE thread committed since: commits can land out of sequence order), not from the
+//! queue's start, so it does not step over the tombstones of delivered entries. An entry is deleted from the queue only once
 //! its messages are published (core NATS: after a flush; JetStream: after every PubAck).
 //! A failed entry (script error, server down, no PubAck) waits `backoff(attempt)` and is
 //! tried again; later entries of the same object wait behind it, so each object's events
@@ -111,6 +113,7 @@ impl Dispatcher {
             counters: counters.clone(),
             background_interval,
             background_due: Instant::now() + background_interval,
+            floor: 0,
         };
         let s = signal.clone();
         let thread = std::thread::Builder::new()
@@ -156,6 +159,9 @@ struct Worker {
     counters: Arc<Counters>,
     background_interval: Duration,
     background_due: Instant,
+    /// Where the next round reads the queue from: every entry below was delivered or
+    /// dropped, unless a commit since says otherwise (`Events::take_committed_low`).
+    floor: u64,
 }
 
 /// An entry whose messages were sent, waiting for its flush or acks.
@@ -218,12 +224,16 @@ impl Worker {
         let core = self.core.clone();
         let store = core.store();
         let mut blocked: HashSet<u64> = HashSet::new();
-        let (mut from, mut seen, mut done) = (0, 0, 0);
+        // Kept as the floor if the round fails half-way.
+        self.floor = self.floor.min(core.events().take_committed_low());
+        let (mut from, mut seen, mut done) = (self.floor, 0, 0);
+        let mut waiting: Option<u64> = None;
         while seen < ROUND {
             let page = store.events(from, PAGE)?;
             let Some(&(last, _)) = page.last() else { break };
             from = last + 1;
             seen += page.len();
+            let seqs: Vec<u64> = page.iter().map(|(seq, _)| *seq).collect();
             let mut sent = Vec::new();
             let mut finished = Vec::new();
             for (seq, bytes) in page {
@@ -248,6 +258,10 @@ impl Worker {
                     }
                 }
             }
+            if waiting.is_none() {
+                let gone: HashSet<u64> = finished.iter().copied().collect();
+                waiting = seqs.into_iter().find(|seq| !gone.contains(seq));
+            }
             if !finished.is_empty() {
                 let mut batch = store.batch();
                 for seq in &finished {
@@ -258,6 +272,7 @@ impl Worker {
                 done += finished.len();
             }
         }
+        self.floor = waiting.unwrap_or(from);
         Ok(done)
     }
 

@@ -465,7 +465,7 @@ impl<'c> ObjectTxn<'c> {
             inode.mtime = now;
         }
         inode.ctime = now;
-        let mut queued = 0;
+        let mut queued = super::events::Enqueued::NONE;
         if let Some((md5, metadata)) = event {
             let mtime = inode.mtime;
             let place = self.target.entry.as_ref().map(|(p, n)| (*p, n.as_bytes()));

@@ -4,6 +4,7 @@
 //! directory's name; renames and links never cross buckets (EXDEV). Everything else is the
 //! POSIX behaviour of one local filesystem, including nlink and timestamp updates.
 
+use super::events::Enqueued;
 use super::{Core, Ctx, Name, Txn, ROOT};
 use crate::error::{Error, Result};
 use crate::store::codec::{Dentry, Inode, Kind, Timestamp};
@@ -287,7 +288,7 @@ impl Core {
                 (Kind::File, 0 | 1) => {
                     self.queue_delete(&mut txn, parent, name.as_bytes(), d.ino)?
                 }
-                _ => 0,
+                _ => Enqueued::NONE,
             };
             txn.batch.delete_dentry(parent, name.as_bytes());
             touch_dir(txn.modify(parent)?, now, 0);
@@ -379,7 +380,7 @@ impl Core {
         newname: &Name,
         dst: Option<Dentry>,
         mode: RenameMode,
-    ) -> Result<usize> {
+    ) -> Result<Enqueued> {
         let mut txn = self.txn();
         self.check_same_bucket(&mut txn, parent, src, newparent, newname)?;
         if let (RenameMode::Exchange, Some(d)) = (mode, dst) {
@@ -389,7 +390,7 @@ impl Core {
             (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(newname.to_string())),
             (RenameMode::Exchange, None) => return Err(Error::NotFound(newname.to_string())),
             // Two names of one inode: POSIX says rename does nothing.
-            (RenameMode::Replace, Some(d)) if d.ino == src.ino => return Ok(0),
+            (RenameMode::Replace, Some(d)) if d.ino == src.ino => return Ok(Enqueued::NONE),
             _ => {}
         }
         if src.kind == Kind::Dir && parent != newparent {
@@ -413,7 +414,7 @@ impl Core {
             move_dir(&mut txn, src, parent, newparent)?;
             move_dir(&mut txn, d, newparent, parent)?;
             txn.commit()?;
-            return Ok(0);
+            return Ok(Enqueued::NONE);
         }
 
         if let Some(d) = dst {

@@ -102,6 +102,34 @@ struct Writing {
     md5: Option<(Md5, u64)>,
 }
 
+/// What a change queued: how many entries, and the lowest sequence number among them.
+/// Commits of different threads can land out of sequence order, so after each commit the
+/// dispatcher is told where its next round must start at the latest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Enqueued {
+    count: usize,
+    lowest: u64,
+}
+
+impl Enqueued {
+    pub(super) const NONE: Enqueued = Enqueued {
+        count: 0,
+        lowest: u64::MAX,
+    };
+
+    fn one(seq: u64) -> Enqueued {
+        Enqueued {
+            count: 1,
+            lowest: seq,
+        }
+    }
+
+    pub(super) fn add(&mut self, other: Enqueued) {
+        self.count += other.count;
+        self.lowest = self.lowest.min(other.lowest);
+    }
+}
+
 pub struct Events {
     settings: RwLock<Arc<Settings>>,
     generation: AtomicU64,
@@ -115,6 +143,8 @@ pub struct Events {
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
     waker: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     queued: AtomicU64,
+    /// The lowest sequence number committed since the dispatcher last asked (u64::MAX: none).
+    committed_low: AtomicU64,
 }
 
 impl Events {
@@ -144,6 +174,7 @@ impl Events {
             names: Mutex::default(),
             waker: RwLock::default(),
             queued: AtomicU64::new(0),
+            committed_low: AtomicU64::new(u64::MAX),
         };
         events.reload(store)?;
         Ok(events)
@@ -164,7 +195,16 @@ impl Events {
         *self.waker.write() = Some(waker);
     }
 
-    fn wake(&self) {
+    /// The lowest sequence number committed since the last call (u64::MAX if none): the
+    /// dispatcher reads the queue from there, not from its start, so it does not walk over
+    /// the tombstones of the entries it already delivered.
+    pub fn take_committed_low(&self) -> u64 {
+        self.committed_low.swap(u64::MAX, Ordering::AcqRel)
+    }
+
+    fn committed(&self, q: Enqueued) {
+        self.committed_low.fetch_min(q.lowest, Ordering::AcqRel);
+        self.queued.fetch_add(q.count as u64, Ordering::Relaxed);
         if let Some(w) = self.waker.read().as_ref() {
             w();
         }
@@ -479,13 +519,13 @@ impl Core {
         parent: Ino,
         name: &[u8],
         ino: Ino,
-    ) -> Result<usize> {
+    ) -> Result<Enqueued> {
         if !self.events.watched(txn.get(parent)?.bucket) {
-            return Ok(0);
+            return Ok(Enqueued::NONE);
         }
         let inode = txn.get(ino)?.clone();
         let Some(place) = self.place_in(parent, name)? else {
-            return Ok(0);
+            return Ok(Enqueued::NONE);
         };
         let change = self.change(
             "ObjectRemoved:Delete",
@@ -508,13 +548,13 @@ impl Core {
         (newparent, newname): (Ino, &[u8]),
         ino: Ino,
         uid: u32,
-    ) -> Result<usize> {
+    ) -> Result<Enqueued> {
         let (from, to) = if parent == ROOT {
             // A bucket renamed: its objects move from one bucket name to the other.
             let settings = self.events.settings();
             let named = |n: &[u8]| settings.buckets.contains_key(&*String::from_utf8_lossy(n));
             if !named(name) && !named(newname) {
-                return Ok(0);
+                return Ok(Enqueued::NONE);
             }
             let b = txn.get(ino)?.clone();
             let at = |n: &[u8]| Place {
@@ -526,19 +566,19 @@ impl Core {
             (at(name), at(newname))
         } else {
             if !self.events.watched(txn.get(parent)?.bucket) {
-                return Ok(0);
+                return Ok(Enqueued::NONE);
             }
             match (
                 self.place_in(parent, name)?,
                 self.place_in(newparent, newname)?,
             ) {
                 (Some(from), Some(to)) => (from, to),
-                _ => return Ok(0),
+                _ => return Ok(Enqueued::NONE),
             }
         };
         let mut files = Vec::new();
         self.files_under(ino, "", &mut files)?;
-        let mut n = 0;
+        let mut n = Enqueued::NONE;
         for (file, rel) in files {
             let inode = self.getattr(file)?;
             let at = |p: &Place| Place {
@@ -550,7 +590,7 @@ impl Core {
             };
             let etag = self.etag_of(file, &inode)?;
             let copy = self.change("ObjectCreated:Copy", &at(&to), file, inode.size, etag, uid);
-            n += self.queue(&mut txn.batch, copy)?;
+            n.add(self.queue(&mut txn.batch, copy)?);
             let delete = self.change(
                 "ObjectRemoved:Delete",
                 &at(&from),
@@ -559,7 +599,7 @@ impl Core {
                 String::new(),
                 uid,
             );
-            n += self.queue(&mut txn.batch, delete)?;
+            n.add(self.queue(&mut txn.batch, delete)?);
         }
         if self.getattr(ino)?.kind == Kind::File {
             self.events.remember(to.bucket_ino, ino, newparent, newname);
@@ -577,16 +617,18 @@ impl Core {
         (size, mtime): (u64, Timestamp),
         (md5, metadata): (&str, Vec<(String, String)>),
         uid: u32,
-    ) -> Result<usize> {
+    ) -> Result<Enqueued> {
         let bucket = self.getattr(ino)?.bucket;
         if !self.events.watched(bucket) {
-            return Ok(0);
+            return Ok(Enqueued::NONE);
         }
         let place = match place {
             Some((parent, name)) => self.place_in(parent, name)?,
             None => self.place_of_file(ino, bucket)?,
         };
-        let Some(place) = place else { return Ok(0) };
+        let Some(place) = place else {
+            return Ok(Enqueued::NONE);
+        };
         put_etag(batch, ino, size, mtime, md5);
         let mut change = self.change("ObjectCreated:Put", &place, ino, size, md5.into(), uid);
         change.metadata = Some(metadata);
@@ -609,11 +651,10 @@ impl Core {
         Ok(self.events.watched(self.getattr(ino)?.bucket))
     }
 
-    /// Tells the dispatcher about `n` committed events.
-    pub(super) fn queued(&self, n: usize) {
-        if n > 0 {
-            self.events.queued.fetch_add(n as u64, Ordering::Relaxed);
-            self.events.wake();
+    /// Tells the dispatcher about committed events.
+    pub(super) fn queued(&self, q: Enqueued) {
+        if q.count > 0 {
+            self.events.committed(q);
         }
     }
 
@@ -642,11 +683,11 @@ impl Core {
     }
 
     /// Puts one queue entry per notification of the bucket that wants `change` (of object
-    /// `change.ino`); returns how many. The omap is read only if one wants it.
-    fn queue(&self, batch: &mut Batch<'_>, mut change: Change) -> Result<usize> {
+    /// `change.ino`). The omap is read only if one wants it.
+    fn queue(&self, batch: &mut Batch<'_>, mut change: Change) -> Result<Enqueued> {
         let settings = self.events.settings();
         let Some(list) = settings.buckets.get(&change.bucket) else {
-            return Ok(0);
+            return Ok(Enqueued::NONE);
         };
         let mut wanted = Vec::new();
         for notification in list {
@@ -670,12 +711,14 @@ impl Core {
                     .collect(),
             );
         }
+        let mut queued = Enqueued::NONE;
         for &(notification, topic) in &wanted {
             let seq = self.events.next_seq(&self.store)?;
             let entry = events::entry(&change, notification, topic, seq, &self.events.store_id);
             batch.put_event(seq, entry.to_string().as_bytes());
+            queued.add(Enqueued::one(seq));
         }
-        Ok(wanted.len())
+        Ok(queued)
     }
 
     /// Whether `ino`'s omap holds the values `notification` filters on.
