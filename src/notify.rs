@@ -38,6 +38,9 @@ const ROUND: usize = 8192;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest sleep when nothing wakes the dispatcher.
 const IDLE: Duration = Duration::from_secs(1);
+/// The longest time between two full rounds (which drop entries past their time_to_live
+/// and catch a reconnect whose event came before the connection was marked down).
+const FULL_ROUND_EVERY: Duration = Duration::from_secs(5);
 
 /// Delivery counters since the mount (shown in `/.lunafs/stats`).
 #[derive(Default)]
@@ -69,6 +72,8 @@ struct Signal {
     woken: Mutex<bool>,
     cv: Condvar,
     stop: AtomicBool,
+    /// A connection (re)connected: entries waiting for a server may go now.
+    connected: AtomicBool,
 }
 
 impl Signal {
@@ -106,6 +111,9 @@ impl Dispatcher {
             .build()
             .map_err(|e| Error::io("starting the NATS runtime", e))?;
         let mut worker = Worker {
+            signal: signal.clone(),
+            down: HashSet::new(),
+            last_full: Instant::now(),
             core,
             rt,
             conns: HashMap::new(),
@@ -114,6 +122,7 @@ impl Dispatcher {
             background_interval,
             background_due: Instant::now() + background_interval,
             floor: 0,
+            high: 0,
         };
         let s = signal.clone();
         let thread = std::thread::Builder::new()
@@ -141,6 +150,8 @@ impl Dispatcher {
 struct Retry {
     attempts: u32,
     due: Instant,
+    /// The entry's object: its later entries wait behind this one.
+    ino: u64,
 }
 
 /// A message a script asked for.
@@ -152,6 +163,11 @@ struct Msg {
 }
 
 struct Worker {
+    signal: Arc<Signal>,
+    /// Connections (by `Topic::connection_key`) found not connected: their entries wait,
+    /// without using up retries, until a reconnect (or the next full round).
+    down: HashSet<String>,
+    last_full: Instant,
     core: Arc<Core>,
     rt: tokio::runtime::Runtime,
     conns: HashMap<String, Client>,
@@ -159,9 +175,12 @@ struct Worker {
     counters: Arc<Counters>,
     background_interval: Duration,
     background_due: Instant,
-    /// Where the next round reads the queue from: every entry below was delivered or
-    /// dropped, unless a commit since says otherwise (`Events::take_committed_low`).
+    /// Every entry below was delivered or dropped, unless a commit since says otherwise
+    /// (`Events::take_committed_low`): where a full round starts.
     floor: u64,
+    /// Every entry below was read by a round (delivered, dropped, or waiting for its retry or
+    /// behind one): while no retry is due, a round starts here.
+    high: u64,
 }
 
 /// An entry whose messages were sent, waiting for its flush or acks.
@@ -223,10 +242,29 @@ impl Worker {
     fn round(&mut self) -> Result<usize> {
         let core = self.core.clone();
         let store = core.store();
-        let mut blocked: HashSet<u64> = HashSet::new();
-        // Kept as the floor if the round fails half-way.
-        self.floor = self.floor.min(core.events().take_committed_low());
-        let (mut from, mut seen, mut done) = (self.floor, 0, 0);
+        // A full round reads from the first waiting entry; while no retry is due, only the
+        // entries no round has read yet matter (a backlog waiting for a server that is down
+        // is not read again on every commit), with the objects of waiting entries blocked.
+        let now = Instant::now();
+        let reconnected = self.signal.connected.swap(false, Ordering::AcqRel);
+        let due = reconnected || now >= self.last_full + FULL_ROUND_EVERY;
+        if due {
+            self.down.clear();
+        }
+        let full = due || self.retries.values().any(|r| r.due <= now);
+        if full {
+            self.last_full = now;
+        }
+        let mut blocked: HashSet<u64> = match full {
+            true => HashSet::new(),
+            false => self.retries.values().map(|r| r.ino).collect(),
+        };
+        // Lowered first, so they stay right if the round fails half-way.
+        let low = core.events().take_committed_low();
+        self.floor = self.floor.min(low);
+        self.high = self.high.min(low);
+        let start = if full { self.floor } else { self.high };
+        let (mut from, mut seen, mut done) = (start, 0, 0);
         let mut waiting: Option<u64> = None;
         while seen < ROUND {
             let page = store.events(from, PAGE)?;
@@ -252,7 +290,9 @@ impl Worker {
                     (Ok(()), _) => finished.push(s.seq),
                     (Err(why), topic) => {
                         blocked.insert(s.ino);
-                        if topic.is_some_and(|t| self.failed(s.seq, &t, &s.event_id, &why)) {
+                        let drop = topic
+                            .is_some_and(|t| self.failed((s.seq, s.ino), &t, &s.event_id, &why));
+                        if drop {
                             finished.push(s.seq);
                         }
                     }
@@ -272,23 +312,26 @@ impl Worker {
                 done += finished.len();
             }
         }
-        self.floor = waiting.unwrap_or(from);
+        match (full, waiting) {
+            (true, w) => self.floor = w.unwrap_or(from),
+            (false, Some(w)) => self.floor = self.floor.min(w),
+            (false, None) => {}
+        }
+        self.high = from;
         Ok(done)
     }
 
     /// Runs the script of one entry and sends its messages.
     fn send(&mut self, seq: u64, bytes: &[u8], blocked: &mut HashSet<u64>) -> Step {
+        if let Some(r) = self.retries.get(&seq).filter(|r| r.due > Instant::now()) {
+            blocked.insert(r.ino);
+            return Step::Wait;
+        }
         let q = match Queued::decode(bytes) {
             Ok(q) => q,
             Err(e) => return Step::Drop(e.to_string()),
         };
-        if blocked.contains(&q.ino)
-            || self
-                .retries
-                .get(&seq)
-                .is_some_and(|r| r.due > Instant::now())
-        {
-            blocked.insert(q.ino);
+        if blocked.contains(&q.ino) {
             return Step::Wait;
         }
         let settings = self.core.events().settings();
@@ -305,9 +348,13 @@ impl Worker {
                 ));
             }
         }
+        if self.down.contains(&topic.connection_key()) {
+            blocked.insert(q.ino);
+            return Step::Wait;
+        }
         let mut fail = |this: &mut Self, why: String| {
             blocked.insert(q.ino);
-            if this.failed(seq, &topic, q.event_id(), &why) {
+            if this.failed((seq, q.ino), &topic, q.event_id(), &why) {
                 Step::Drop(why)
             } else {
                 Step::Wait
@@ -346,6 +393,17 @@ impl Worker {
                 ctx.messages
             }
         };
+        // A server that is not connected: the entry waits for it without using up a retry.
+        for m in &messages {
+            let Some(t) = settings.topics.get(&m.topic) else {
+                continue; // publish reports it
+            };
+            if self.connection(t).connection_state() != async_nats::connection::State::Connected {
+                self.down.insert(t.connection_key());
+                blocked.insert(q.ino);
+                return Step::Wait;
+            }
+        }
         match self.publish(&messages, q.event_id(), &settings.topics) {
             Ok((acks, conns)) => Step::Sent(Box::new(Sent {
                 seq,
@@ -465,10 +523,11 @@ impl Worker {
     }
 
     /// Records a failed attempt; returns true if the entry is to be dropped.
-    fn failed(&mut self, seq: u64, topic: &Topic, event_id: &str, why: &str) -> bool {
+    fn failed(&mut self, (seq, ino): (u64, u64), topic: &Topic, event_id: &str, why: &str) -> bool {
         let r = self.retries.entry(seq).or_insert(Retry {
             attempts: 0,
             due: Instant::now(),
+            ino,
         });
         r.attempts += 1;
         if topic.max_retries > 0 && r.attempts > topic.max_retries {
@@ -490,10 +549,18 @@ impl Worker {
         if let Some(c) = self.conns.get(&key) {
             return c.clone();
         }
+        let signal = self.signal.clone();
         let mut opts = async_nats::ConnectOptions::new()
             .name("lunafs")
             .retry_on_initial_connect()
-            .max_reconnects(None);
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    signal.connected.store(true, Ordering::Release);
+                    signal.wake();
+                }
+                std::future::ready(())
+            });
         if let (Some(u), Some(p)) = (&topic.user, &topic.password) {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
