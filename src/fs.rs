@@ -508,8 +508,8 @@ impl fuser::Filesystem for LunaFs {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }
             self.core.open_file(ino.0)?;
-            let writer = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-            if writer {
+            let writer = (flags.0 & libc::O_ACCMODE != libc::O_RDONLY).then(|| req.pid());
+            if writer.is_some() {
                 self.core
                     .begin_write(ino.0, req.uid(), flags.0 & libc::O_TRUNC != 0)?;
             }
@@ -591,7 +591,7 @@ impl fuser::Filesystem for LunaFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -599,7 +599,14 @@ impl fuser::Filesystem for LunaFs {
     ) {
         if let Some(handle) = self.handles.get(fh.0) {
             let r = match &*handle {
-                Handle::File { ino, writer: true } => self.core.flush_write(*ino),
+                // A close by another process (a child that inherited the descriptor and
+                // closes it at exec, while the opener may still be writing) is not the
+                // writer's close: the Put waits for the opener's close or the last release.
+                Handle::File {
+                    ino,
+                    writer: Some(pid),
+                } if same_process(*pid, req.pid()) => self.core.flush_write(*ino),
+                Handle::File { .. } => Ok(()),
                 other => self.store_script(other),
             };
             if let Err(e) = r {
@@ -627,8 +634,8 @@ impl fuser::Filesystem for LunaFs {
             Some(Handle::File { ino, writer }) => {
                 // The Put goes first: a file unlinked while open is gone after close_file.
                 let put = match writer {
-                    true => self.core.end_write(*ino),
-                    false => Ok(()),
+                    Some(_) => self.core.end_write(*ino),
+                    None => Ok(()),
                 };
                 self.core.close_file(*ino).and(put)
             }
@@ -878,7 +885,7 @@ impl fuser::Filesystem for LunaFs {
             self.core.begin_write(inode.ino, req.uid(), true)?;
             let fh = self.handles.insert(Handle::File {
                 ino: inode.ino,
-                writer: true,
+                writer: Some(req.pid()),
             });
             Ok((inode, fh))
         })();
@@ -1019,4 +1026,19 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     core.shutdown()?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// Whether two tasks (FUSE requests carry the thread id, not the process id) are threads of
+/// one process. Only asked when they differ; a task that has exited counts as another.
+fn same_process(a: u32, b: u32) -> bool {
+    let tgid = |tid: u32| -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    a == b || tgid(a).is_some_and(|g| tgid(b) == Some(g))
 }

@@ -22,9 +22,10 @@ pub struct Listed {
 }
 
 pub enum Handle {
-    /// A regular file in the store; `writer`: opened for writing (or created), so its
-    /// release may complete an `ObjectCreated:Put`.
-    File { ino: Ino, writer: bool },
+    /// A regular file in the store; `writer`: the pid of the process that opened it for
+    /// writing (or created it), whose close (flush) or the last release completes an
+    /// `ObjectCreated:Put`.
+    File { ino: Ino, writer: Option<u32> },
     /// A directory, with its listing once read.
     Dir {
         ino: Ino,
