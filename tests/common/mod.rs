@@ -18,6 +18,8 @@ pub struct TestFs {
     pub store: PathBuf,
     pub mnt: PathBuf,
     options: String,
+    /// `RUST_LOG` of the daemon: tests log at debug; benchmarks at the default, info.
+    log_level: &'static str,
     child: Option<Child>,
 }
 
@@ -28,6 +30,15 @@ impl TestFs {
     }
 
     pub fn with_options(options: &str) -> TestFs {
+        TestFs::new(options, "lunafs=debug")
+    }
+
+    /// A mount that logs at the production default (for benchmarks).
+    pub fn quiet(options: &str) -> TestFs {
+        TestFs::new(options, "lunafs=info")
+    }
+
+    fn new(options: &str, log_level: &'static str) -> TestFs {
         let dir = tempfile::Builder::new()
             .prefix("lunafs-test")
             .tempdir()
@@ -42,6 +53,7 @@ impl TestFs {
             store,
             mnt,
             options: options.to_string(),
+            log_level,
             child: None,
         };
         t.start();
@@ -68,7 +80,7 @@ impl TestFs {
             .arg(&self.mnt)
             .arg("--foreground")
             .args(["-o", &self.options])
-            .env("RUST_LOG", "lunafs=debug")
+            .env("RUST_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

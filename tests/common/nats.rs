@@ -15,12 +15,28 @@ pub struct Nats {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port nothing listens on, never the same twice in this process. Taken below the
+/// kernel's ephemeral range (32768 and up), so neither another test's free port nor the local
+/// end of some outgoing connection can take it while a stopped server waits to start on it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 500) as u16 * 20,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            port < 32_768,
+            "no free loopback port below the ephemeral range"
+        );
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Nats {
@@ -67,7 +83,14 @@ impl Nats {
             .expect("nats-server (apt install nats-server)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.monitor_get("/healthz").is_none() {
+        let client_port = || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+        while self.monitor_get("/healthz").is_none() || !client_port() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "nats-server exited ({status}); see its log in {:?}",
+                    self.dir.path()
+                );
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
