@@ -123,6 +123,7 @@ impl Dispatcher {
             background_due: Instant::now() + background_interval,
             floor: 0,
             high: 0,
+            rescan: false,
         };
         let s = signal.clone();
         let thread = std::thread::Builder::new()
@@ -181,6 +182,9 @@ struct Worker {
     /// Every entry below was read by a round (delivered, dropped, or waiting for its retry or
     /// behind one): while no retry is due, a round starts here.
     high: u64,
+    /// The last round sent entries, so later entries of their objects waited: the next
+    /// round reads from `floor`.
+    rescan: bool,
 }
 
 /// An entry whose messages were sent, waiting for its flush or acks.
@@ -251,7 +255,8 @@ impl Worker {
         if due {
             self.down.clear();
         }
-        let full = due || self.retries.values().any(|r| r.due <= now);
+        let full =
+            due || std::mem::take(&mut self.rescan) || self.retries.values().any(|r| r.due <= now);
         if full {
             self.last_full = now;
         }
@@ -277,7 +282,13 @@ impl Worker {
             for (seq, bytes) in page {
                 match self.send(seq, &bytes, &mut blocked) {
                     Step::Wait => {}
-                    Step::Sent(s) => sent.push(*s),
+                    Step::Sent(s) => {
+                        // One unsettled entry per object: a later one could be acked while
+                        // this one fails, and arrive first. It waits for the next round.
+                        blocked.insert(s.ino);
+                        self.rescan = true;
+                        sent.push(*s)
+                    }
                     Step::Drop(why) => {
                         tracing::warn!(seq, reason = %why, "event dropped");
                         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +359,10 @@ impl Worker {
                 ));
             }
         }
-        if self.down.contains(&topic.connection_key()) {
+        // The event's server not connected: the entry waits for it without using up a retry,
+        // and without running the script (whose side effects, like RGW counters, would
+        // repeat on every round until the server is back).
+        if self.down.contains(&topic.connection_key()) || !self.connected(&topic) {
             blocked.insert(q.ino);
             return Step::Wait;
         }
@@ -393,18 +407,9 @@ impl Worker {
                 ctx.messages
             }
         };
-        // A server that is not connected: the entry waits for it without using up a retry.
-        for m in &messages {
-            let Some(t) = settings.topics.get(&m.topic) else {
-                continue; // publish reports it
-            };
-            if self.connection(t).connection_state() != async_nats::connection::State::Connected {
-                self.down.insert(t.connection_key());
-                blocked.insert(q.ino);
-                return Step::Wait;
-            }
-        }
-        match self.publish(&messages, q.event_id(), &settings.topics) {
+        // The script routed to another topic whose server is not connected: publish fails
+        // and the entry is retried.
+        match self.publish(&messages, Some(q.event_id()), &settings.topics) {
             Ok((acks, conns)) => Step::Sent(Box::new(Sent {
                 seq,
                 ino: q.ino,
@@ -424,7 +429,7 @@ impl Worker {
     fn publish(
         &mut self,
         messages: &[Msg],
-        event_id: &str,
+        event_id: Option<&str>,
         topics: &std::collections::BTreeMap<String, Topic>,
     ) -> std::result::Result<
         (
@@ -447,12 +452,16 @@ impl Worker {
             for (k, v) in &m.headers {
                 headers.insert(k.as_str(), v.as_str());
             }
-            if topic.jetstream && headers.get("Nats-Msg-Id").is_none() {
-                let id = match i {
-                    0 => event_id.to_string(),
-                    i => format!("{event_id}.{i}"),
-                };
-                headers.insert("Nats-Msg-Id", id.as_str());
+            // Events deduplicate by their id; the background script's messages have none
+            // (a fixed id would make the stream drop every later run's messages).
+            if let Some(event_id) = event_id.filter(|_| topic.jetstream) {
+                if headers.get("Nats-Msg-Id").is_none() {
+                    let id = match i {
+                        0 => event_id.to_string(),
+                        i => format!("{event_id}.{i}"),
+                    };
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                }
             }
             let subject = m.subject.clone();
             let payload = m.payload.clone().into();
@@ -542,6 +551,16 @@ impl Worker {
         false
     }
 
+    /// Whether the topic's connection is up; if not, it is marked down (`Worker::down`).
+    fn connected(&mut self, topic: &Topic) -> bool {
+        let up =
+            self.connection(topic).connection_state() == async_nats::connection::State::Connected;
+        if !up {
+            self.down.insert(topic.connection_key());
+        }
+        up
+    }
+
     /// The held connection for a topic's server and credentials, made on first use. It
     /// connects and reconnects in the background, forever.
     fn connection(&mut self, topic: &Topic) -> Client {
@@ -612,7 +631,7 @@ impl Worker {
             return;
         }
         let messages = ctx.messages;
-        let sent = self.publish(&messages, "background", &settings.topics);
+        let sent = self.publish(&messages, None, &settings.topics);
         let result = sent.map(|(acks, conns)| {
             self.settle(vec![Sent {
                 seq: 0,
