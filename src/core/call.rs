@@ -411,6 +411,7 @@ impl<'c> ObjectTxn<'c> {
         let ino = self.ino();
         let now = Timestamp::now();
         let mut txn = core.txn();
+        let mut queued = super::events::Enqueued::NONE;
         let unlink = self.removes_name();
         if unlink {
             let (parent, name) = self
@@ -418,12 +419,16 @@ impl<'c> ObjectTxn<'c> {
                 .entry
                 .as_ref()
                 .expect("remove() refuses calls without an entry");
+            if txn.get(ino)?.nlink <= 1 {
+                queued = core.queue_delete(&mut txn, *parent, name.as_bytes(), ino)?;
+            }
             txn.batch.delete_dentry(*parent, name.as_bytes());
             dir::touch_dir(txn.modify(*parent)?, now, 0);
             // The last name of a closed file: the inode and all it owns are purged, so
             // there is no content left to write.
             if core.drop_link(&mut txn, ino, now)? {
                 txn.commit()?;
+                core.queued(queued);
                 return Ok(true);
             }
         }
@@ -465,20 +470,22 @@ impl<'c> ObjectTxn<'c> {
             inode.mtime = now;
         }
         inode.ctime = now;
-        let mut queued = super::events::Enqueued::NONE;
         if let Some((md5, metadata)) = event {
             let mtime = inode.mtime;
             let place = self.target.entry.as_ref().map(|(p, n)| (*p, n.as_bytes()));
-            queued = core.queue_call_put(
+            queued.add(core.queue_call_put(
                 &mut txn.batch,
                 ino,
                 place,
                 (self.inode.size, mtime),
                 (&md5, metadata),
                 self.target.uid,
-            )?;
+            )?);
         }
         txn.commit()?;
+        if self.data_changed {
+            core.note_rewritten(ino);
+        }
         core.queued(queued);
         Ok(unlink)
     }

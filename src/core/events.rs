@@ -18,7 +18,7 @@
 //! the dentry before use, and found by a scan of the bucket when unknown.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -140,6 +140,8 @@ pub struct Events {
     changing: Mutex<()>,
     store_id: String,
     writing: Mutex<HashMap<Ino, Writing>>,
+    /// How many objects `writing` holds: writes skip its lock while it is none.
+    tracked: AtomicUsize,
     names: Mutex<HashMap<Ino, (Ino, Vec<u8>)>>,
     waker: RwLock<Option<Arc<dyn Fn() + Send + Sync>>>,
     queued: AtomicU64,
@@ -171,6 +173,7 @@ impl Events {
             changing: Mutex::new(()),
             store_id,
             writing: Mutex::default(),
+            tracked: AtomicUsize::new(0),
             names: Mutex::default(),
             waker: RwLock::default(),
             queued: AtomicU64::new(0),
@@ -412,11 +415,14 @@ impl Core {
             return Ok(());
         }
         let mut writing = self.events.writing.lock();
-        let w = writing.entry(ino).or_insert_with(|| Writing {
-            writers: 0,
-            written: false,
-            uid,
-            md5: (inode.size == 0).then(|| (Md5::new(), 0)),
+        let w = writing.entry(ino).or_insert_with(|| {
+            self.events.tracked.fetch_add(1, Ordering::Relaxed);
+            Writing {
+                writers: 0,
+                written: false,
+                uid,
+                md5: (inode.size == 0).then(|| (Md5::new(), 0)),
+            }
         });
         w.writers += 1;
         w.uid = uid;
@@ -427,22 +433,45 @@ impl Core {
         Ok(())
     }
 
-    /// A write of `data` at `offset` was committed (under the object's lock).
+    /// A write of `data` at `offset` was committed (under the object's lock, so no other
+    /// write of the object runs meanwhile). The MD5 is fed outside the map's lock, which
+    /// every writer of every watched object takes.
     pub(super) fn note_write(&self, ino: Ino, offset: u64, data: &[u8]) {
+        if self.events.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let hasher = match self.events.writing.lock().get_mut(&ino) {
+            Some(w) => {
+                w.written = true;
+                w.md5.take()
+            }
+            None => return,
+        };
+        let fed = match hasher {
+            Some((mut h, next)) if next == offset => {
+                h.update(data);
+                Some((h, next + data.len() as u64))
+            }
+            _ => None,
+        };
         if let Some(w) = self.events.writing.lock().get_mut(&ino) {
-            w.written = true;
-            w.md5 = match w.md5.take() {
-                Some((mut h, next)) if next == offset => {
-                    h.update(data);
-                    Some((h, next + data.len() as u64))
-                }
-                _ => None,
-            };
+            w.md5 = fed;
+        }
+    }
+
+    /// A handler call changed `ino`'s data: a writer's running MD5 no longer matches it (its
+    /// close computes the eTag from the content).
+    pub(super) fn note_rewritten(&self, ino: Ino) {
+        if let Some(w) = self.events.writing.lock().get_mut(&ino) {
+            w.md5 = None;
         }
     }
 
     /// The size of `ino` was set (under the object's lock).
     pub(super) fn note_truncate(&self, ino: Ino, size: u64) {
+        if self.events.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         if let Some(w) = self.events.writing.lock().get_mut(&ino) {
             w.written = true;
             w.md5 = match w.md5.take() {
@@ -457,6 +486,12 @@ impl Core {
     /// the only writer, the written file's Put is queued now, so it is in the store when
     /// close returns. Writes after it (through a dup'd descriptor) make another at release.
     pub fn flush_write(&self, ino: Ino) -> Result<()> {
+        if self.events.tracked.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        // Under the object's lock, so no write comes between the snapshot of the running
+        // MD5 and the size it is checked against.
+        let _held = self.locks.lock(&[ino]);
         let snapshot = match self.events.writing.lock().get_mut(&ino) {
             Some(w) if w.writers == 1 && w.written => {
                 w.written = false;
@@ -473,6 +508,10 @@ impl Core {
     /// The close of a handle opened with `begin_write`: the last writer's close of a file
     /// written since its last Put queues an `ObjectCreated:Put`.
     pub fn end_write(&self, ino: Ino) -> Result<()> {
+        if self.events.tracked.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        let _held = self.locks.lock(&[ino]);
         let done = {
             let mut writing = self.events.writing.lock();
             match writing.get_mut(&ino) {
@@ -480,7 +519,10 @@ impl Core {
                     w.writers -= 1;
                     None
                 }
-                Some(_) => writing.remove(&ino),
+                Some(_) => {
+                    self.events.tracked.fetch_sub(1, Ordering::Relaxed);
+                    writing.remove(&ino)
+                }
                 None => None,
             }
         };
@@ -490,8 +532,8 @@ impl Core {
         }
     }
 
+    /// Queues the Put of a closed file (the caller holds the object's lock).
     fn queue_put(&self, ino: Ino, uid: u32, md5: Option<(Md5, u64)>) -> Result<()> {
-        let _held = self.locks.lock(&[ino]);
         let inode = self.getattr(ino)?;
         if inode.nlink == 0 {
             return Ok(()); // removed while open: its Delete was queued already
@@ -692,7 +734,7 @@ impl Core {
         let mut wanted = Vec::new();
         for notification in list {
             if !notification.wants(change.event, &change.key)
-                || !self.omap_matches(notification, change.ino)?
+                || !self.omap_matches(notification, &change)?
             {
                 continue;
             }
@@ -721,11 +763,21 @@ impl Core {
         Ok(queued)
     }
 
-    /// Whether `ino`'s omap holds the values `notification` filters on.
-    fn omap_matches(&self, notification: &Notification, ino: Ino) -> Result<bool> {
+    /// Whether the changed object's omap holds the values `notification` filters on: the
+    /// omap the change carries (a handler call's, not yet committed), else the stored one.
+    fn omap_matches(&self, notification: &Notification, change: &Change) -> Result<bool> {
         if notification.omap.is_empty() {
             return Ok(true);
         }
+        if let Some(metadata) = &change.metadata {
+            return Ok(notification.omap_matches(|k| {
+                metadata
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.as_bytes().to_vec())
+            }));
+        }
+        let ino = change.ino;
         let mut failed = None;
         let matches = notification.omap_matches(|k| {
             self.store.omap_get(ino, k.as_bytes()).unwrap_or_else(|e| {

@@ -120,8 +120,10 @@ impl LunaFs {
         };
         // Also after an unlink: the inode may live on (another link, an open file).
         if reply.changed {
-            // Offset 0, length 0: every cached page and the attributes.
-            if let Err(e) = notifier.inval_inode(INodeNo(target.ino), 0, 0) {
+            // Offset 0, length 0: every cached page and the attributes; offset -1: only the
+            // attributes (a call that changed just the omap leaves the pages valid).
+            let offset = if reply.data_changed { 0 } else { -1 };
+            if let Err(e) = notifier.inval_inode(INodeNo(target.ino), offset, 0) {
                 tracing::debug!(ino = target.ino, error = %e, "invalidating the inode failed");
             }
             if self.writeback {
