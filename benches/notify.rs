@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::nats::{free_port, Nats};
+use common::nats::{free_port, Nats, Sub};
 use common::TestFs;
 use futures_util::StreamExt;
 
@@ -73,7 +73,7 @@ fn main() {
         ("JetStream (acked)", "jetstream = true\n"),
     ] {
         if !extra.is_empty() {
-            create_stream(&nats.url(), "BENCH", "bench.js");
+            Sub::new(&nats.url(), "bench.unused").create_stream("BENCH", &["bench.js"]);
         }
         let subject = if extra.is_empty() {
             "bench.core"
@@ -217,24 +217,6 @@ fn notify_all(fs: &TestFs, bucket: &str, topic: &str) {
         toml,
     )
     .unwrap();
-}
-
-fn create_stream(url: &str, name: &str, subject: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: name.to_string(),
-            subjects: vec![subject.to_string()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    });
 }
 
 /// The subscriber: a thread with its own runtime sends (object key, arrival time) of every

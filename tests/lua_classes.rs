@@ -424,7 +424,8 @@ fn a_handlers_size_change_is_seen_by_readers_with_a_warm_page_cache() {
     let path = fs.path("b/f");
     fs::write(&path, b"old old old").unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"old old old"); // in the page cache now
-                                                          // Growing, through setfattr.
+
+    // Growing, through setfattr.
     xattr::set(&path, "user.cls.w.f", b"new, and longer").unwrap();
     assert_eq!(fs::metadata(&path).unwrap().len(), 15);
     assert_eq!(fs::read(&path).unwrap(), b"new, and longer");
