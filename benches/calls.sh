@@ -14,8 +14,7 @@ cd "$(dirname "$0")/.."
 CALLS=5000; CLI_CALLS=300; MB=256
 if [ "${1:-}" = "--quick" ]; then CALLS=1000; CLI_CALLS=50; MB=64; fi
 BASE=${BENCH_DIR:-/var/tmp/lunafs-calls}
-BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
-cargo build --release --locked >/dev/null
+BIN=$(contrib/release-bin.sh)
 [ "$(id -u)" -eq 0 ] || { echo "run as root (drop_caches)" >&2; exit 1; }
 cleanup() {
   if mountpoint -q "$BASE/mnt"; then "$BIN" umount "$BASE/mnt" || true; fi

@@ -14,8 +14,7 @@ cd "$(dirname "$0")/.."
 FILES=10000; SEQ_MB=1024; XATTRS=10000; ROUNDS=${ROUNDS:-3}
 if [ "${1:-}" = "--quick" ]; then FILES=2000; SEQ_MB=256; XATTRS=2000; fi
 BASE=${BENCH_DIR:-/var/tmp/lunafs-bench}
-BIN="${CARGO_TARGET_DIR:-target}/release/lunafs"
-cargo build --release --locked >/dev/null
+BIN=$(contrib/release-bin.sh)
 [ "$(id -u)" -eq 0 ] || { echo "run as root (tmpfs mount and drop_caches)" >&2; exit 1; }
 
 cleanup() {

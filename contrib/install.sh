@@ -9,8 +9,7 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in
   --bin) install -m 755 "$2" /usr/local/bin/lunafs ;;
   --helpers) ;;
-  *) cargo build --release --locked
-     install -m 755 "${CARGO_TARGET_DIR:-target}/release/lunafs" /usr/local/bin/lunafs ;;
+  *) install -m 755 "$(contrib/release-bin.sh)" /usr/local/bin/lunafs ;;
 esac
 install -m 755 contrib/mount.lunafs /usr/sbin/mount.lunafs
 ln -sf mount.lunafs /usr/sbin/mount.fuse.lunafs
