@@ -115,6 +115,44 @@ fn xattr_errnos() {
 }
 
 #[test]
+fn selinux_label_is_unsupported_until_set_so_ls_asks_once() {
+    let t = TestFs::mount();
+    let b = t.bucket("b");
+    for i in 0..50 {
+        fs::write(b.join(format!("f{i}")), b"x").unwrap();
+    }
+    let f = b.join("f0");
+    assert_eq!(
+        getxattr_into(&f, "security.selinux", &mut [0u8; 64]),
+        Err(libc::EOPNOTSUPP)
+    );
+    // Other absent names stay ENODATA.
+    assert_eq!(
+        getxattr_into(&f, "security.capability", &mut [0u8; 64]),
+        Err(libc::ENODATA)
+    );
+    let asked = |t: &TestFs| t.stats()["ops"]["getxattr"].as_u64().unwrap();
+    let before = asked(&t);
+    let listing = sh(&format!("ls -l {}", b.display()));
+    assert_eq!(listing.lines().filter(|l| l.contains(" f")).count(), 50);
+    // ls stops asking once one entry answers EOPNOTSUPP (it asked all 50 with ENODATA).
+    assert!(
+        asked(&t) - before <= 2,
+        "ls -l asked {} times",
+        asked(&t) - before
+    );
+    // A label set explicitly is kept and read back.
+    assert_eq!(
+        setxattr(&f, "security.selinux", b"system_u:object_r:x:s0", 0),
+        0
+    );
+    assert_eq!(
+        xattr::get(&f, "security.selinux").unwrap().unwrap(),
+        b"system_u:object_r:x:s0"
+    );
+}
+
+#[test]
 fn setfattr_getfattr_round_trip_binary_values() {
     let t = TestFs::mount();
     let b = t.bucket("b");

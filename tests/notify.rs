@@ -57,10 +57,6 @@ fn write_closed(path: std::path::PathBuf, data: &str) -> std::io::Result<()> {
     }
 }
 
-fn stats(fs: &TestFs) -> serde_json::Value {
-    serde_json::from_slice(&fs::read(fs.path(".lunafs/stats")).unwrap()).unwrap()
-}
-
 #[test]
 fn cp_rm_and_rsync_give_s3_records() {
     let nats = Nats::start();
@@ -157,7 +153,7 @@ fn cp_rm_and_rsync_give_s3_records() {
     let mut sorted = seqs.clone();
     sorted.sort();
     assert_eq!(seqs, sorted);
-    let s = stats(&fs);
+    let s = fs.stats();
     assert!(s["delivery"]["published"].as_u64().unwrap() >= 6, "{s}");
 }
 
@@ -288,7 +284,7 @@ fn events_wait_for_nats_and_jetstream_deduplicates_redelivery() {
     fs.remount();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let s = stats(&fs);
+        let s = fs.stats();
         if s["delivery"]["delivered"].as_u64() >= Some(1000) {
             break;
         }
@@ -365,7 +361,7 @@ fn ten_thousand_events_from_concurrent_writers_share_one_connection() {
         );
         keys.insert(r["s3"]["object"]["key"].as_str().unwrap().to_string());
     }
-    assert_eq!(got.len(), 10_000, "{}", stats(&fs));
+    assert_eq!(got.len(), 10_000, "{}", fs.stats());
     assert_eq!(keys.len(), 10_000, "one event per file");
     let names = nats.connection_names();
     assert_eq!(
@@ -442,7 +438,7 @@ fn a_failing_script_is_counted_logged_and_blocks_nothing_else() {
         .all(|m| m.record()["s3"]["bucket"]["name"] == "good"));
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let s = stats(&fs);
+        let s = fs.stats();
         if s["delivery"]["dropped"].as_u64() == Some(20) {
             assert!(
                 s["delivery"]["script_errors"].as_u64().unwrap() >= 60,
@@ -667,7 +663,7 @@ fn events_older_than_time_to_live_are_dropped_and_counted() {
     fs::write(b.join("f"), b"x").unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let s = stats(&fs);
+        let s = fs.stats();
         if s["delivery"]["dropped"] == 1 {
             assert_eq!(s["delivery"]["delivered"], 0, "{s}");
             break;

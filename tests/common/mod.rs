@@ -106,6 +106,11 @@ impl TestFs {
         self.mnt.join(rel)
     }
 
+    /// The mount's counters, `/.lunafs/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_slice(&fs::read(self.path(".lunafs/stats")).unwrap()).unwrap()
+    }
+
     /// Creates a bucket and returns its path.
     pub fn bucket(&self, name: &str) -> PathBuf {
         let p = self.path(name);
