@@ -14,17 +14,7 @@ cd "$(dirname "$0")/.."
 CALLS=5000; CLI_CALLS=300; MB=256
 if [ "${1:-}" = "--quick" ]; then CALLS=1000; CLI_CALLS=50; MB=64; fi
 BASE=${BENCH_DIR:-/var/tmp/lunafs-calls}
-BIN=$(contrib/release-bin.sh)
-[ "$(id -u)" -eq 0 ] || { echo "run as root (drop_caches)" >&2; exit 1; }
-cleanup() {
-  if mountpoint -q "$BASE/mnt"; then "$BIN" umount "$BASE/mnt" || true; fi
-  rm -rf "$BASE"
-}
-trap cleanup EXIT
-cleanup
-mkdir -p "$BASE/mnt"
-"$BIN" mount "$BASE/store" "$BASE/mnt"
-MNT="$BASE/mnt"
+source benches/mount.sh
 mkdir "$MNT/b"
 echo x > "$MNT/b/obj"
 cat > "$BASE/noop.lua" <<'EOF'
