@@ -119,3 +119,49 @@ fn background_mount_and_umount() {
     assert_ne!(code, 0);
     assert!(err.contains("not a lunafs mount"), "{err}");
 }
+
+#[test]
+fn log_level_and_rust_log_choose_what_the_log_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let (s, m) = (store.to_str().unwrap(), mnt.to_str().unwrap());
+    // Mounts in the background at `level`, makes one refused request (a debug line), unmounts
+    // and returns what this mount wrote to STORE/lunafs.log.
+    let session = |level: &str, rust_log: Option<&str>| -> String {
+        let _ = fs::remove_file(store.join("lunafs.log"));
+        let mut cmd = Command::new(LUNAFS);
+        cmd.args(["mount", s, m, "--log-level", level])
+            .env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let _ = fs::create_dir(mnt.join("b"));
+        assert!(fs::metadata(mnt.join("b/missing")).is_err());
+        let (code, err) = lunafs(&["umount", m]);
+        assert_eq!(code, 0, "{err}");
+        fs::read_to_string(store.join("lunafs.log")).unwrap()
+    };
+    let warn = session("warn", None);
+    assert!(!warn.contains("mounted"), "{warn}");
+    let debug = session("debug", None);
+    assert!(
+        debug.contains("mounted") && debug.contains("request refused"),
+        "{debug}"
+    );
+    let info = session("info", None);
+    assert!(
+        info.contains("mounted") && !info.contains("request refused"),
+        "{info}"
+    );
+    // RUST_LOG overrides the level.
+    let overridden = session("error", Some("lunafs=debug"));
+    assert!(overridden.contains("request refused"), "{overridden}");
+    let (code, err) = lunafs(&["mount", s, m, "--log-level", "loud"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("log level"), "{err}");
+    assert!(!is_mounted(&mnt));
+}

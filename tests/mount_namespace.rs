@@ -318,6 +318,23 @@ fn permissions_are_enforced_for_other_users() {
     assert_eq!(probe(&b.join("public"), "r"), 0);
     assert_eq!(probe(&b.join("public"), "a"), libc::EACCES);
     assert_eq!(probe(&b.join("new"), "w"), libc::EACCES);
+    // access(2) answers the same way: R_OK, W_OK, X_OK and F_OK, as nobody and as root.
+    let access = |uid: u32, path: &Path, mode: &str| {
+        let code = "import os, sys\nprint(os.access(sys.argv[1], eval('os.' + sys.argv[2])))";
+        let out = run_as(
+            uid,
+            &["/usr/bin/python3", "-c", code, path.to_str().unwrap(), mode],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "True"
+    };
+    assert!(!access(nobody, &b.join("private"), "X_OK"));
+    assert!(!access(nobody, &b.join("private/secret"), "F_OK"));
+    assert!(access(nobody, &b.join("public"), "R_OK"));
+    assert!(!access(nobody, &b.join("public"), "W_OK"));
+    assert!(access(0, &b.join("private/secret"), "R_OK | os.W_OK"));
+    // Root gets X_OK on a file only if some execute bit is set.
+    assert!(!access(0, &b.join("public"), "X_OK"));
+    assert!(!access(0, &b.join("missing"), "F_OK"));
     let out = run_as(
         nobody,
         &["chmod", "777", b.join("public").to_str().unwrap()],

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,6 +96,29 @@ fn ready_is_sent_once_the_mount_answers_and_sigterm_unmounts_cleanly() {
         .status()
         .unwrap();
     assert!(t.success());
+}
+
+#[test]
+fn sigterm_with_a_file_open_detaches_and_the_open_file_finishes_its_writes() {
+    let mut t = TestFs::mount();
+    let b = t.bucket("b");
+    let mut f = fs::File::create(b.join("f")).unwrap();
+    f.write_all(b"before ").unwrap();
+    t.terminate();
+    // The busy mount is detached: new lookups no longer reach lunafs, the open file still does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_mounted(&t.path("")) {
+        assert!(Instant::now() < deadline, "not detached after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(t.running(), "lunafs exited with a file still open");
+    f.write_all(b"after").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    // The last close ends the session; the daemon exits cleanly and the store keeps both writes.
+    t.unmount_after_detach();
+    t.restart();
+    assert_eq!(fs::read(t.path("b/f")).unwrap(), b"before after");
 }
 
 #[test]

@@ -172,6 +172,23 @@ impl TestFs {
         self.start();
     }
 
+    /// Sends SIGTERM to the daemon (what systemd's stop does).
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("lunafs is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    /// Whether the daemon is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     /// Mounts again after `kill9`.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill9 or unmount");
