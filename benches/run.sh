@@ -95,6 +95,9 @@ fio_iops() { # dir rw
     awk -F';' -v rw="$2" '{ print (rw == "randread") ? $8 : $49 }'
 }
 
+# CPU time the hypervisor gave to others (steal) makes runs on a shared VM noisy: report it.
+cpu_ticks() { awk '/^cpu / { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+read -r steal0 total0 < <(cpu_ticks)
 for round in $(seq "$ROUNDS"); do
 for t in "${ORDER[@]}"; do
   d=${DIRS[$t]}
@@ -117,7 +120,9 @@ done
 done
 
 echo
-echo "Median of $ROUNDS rounds. lunafs options: ${LUNAFS_OPTS:-defaults}."
+read -r steal1 total1 < <(cpu_ticks)
+steal=$(python3 -c "print(f'{100 * ($steal1 - $steal0) / max(1, $total1 - $total0):.1f}')")
+echo "Median of $ROUNDS rounds. lunafs options: ${LUNAFS_OPTS:-defaults}. CPU steal during the run: $steal%."
 echo
 echo "| workload | lunafs | bindfs | ext4 | tmpfs | lunafs/bindfs |"
 echo "|---|---|---|---|---|---|"
