@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use super::object::{read_chunks, write_chunks, MAX_FILE_SIZE};
-use super::omap::XATTR_SIZE_MAX;
+use super::omap::{parse, XName, XATTR_SIZE_MAX};
 use super::{class::StoreModules, dir, Core, Name};
 use crate::error::{Error, Result};
 use crate::lua::{Call, Object, Outcome, Script};
@@ -194,27 +194,13 @@ fn describe(target: &Target) -> String {
     }
 }
 
-/// Where an xattr name of the cls API lives: `user.K` (or a bare `K`, as Ceph scripts
-/// write it) is omap key `K`; `trusted.*`/`security.*` are plain xattrs.
-enum XName<'a> {
-    Omap(&'a [u8]),
-    Plain(&'a [u8]),
-}
-
+/// Where an xattr name of the cls API lives: as for the kernel (`omap::parse`), and a bare
+/// `K` (no namespace), as Ceph scripts write it, is omap key `K`.
 fn xname(name: &[u8]) -> Result<XName<'_>> {
-    if let Some(k) = name.strip_prefix(b"user.") {
-        return Ok(XName::Omap(k));
+    match parse(name) {
+        Err(Error::Unsupported(_)) if !name.starts_with(b"system.") => Ok(XName::Omap(name)),
+        r => r,
     }
-    if name.starts_with(b"trusted.") || name.starts_with(b"security.") {
-        return Ok(XName::Plain(name));
-    }
-    if name.starts_with(b"system.") {
-        return Err(Error::Unsupported(format!(
-            "xattr {}",
-            String::from_utf8_lossy(name)
-        )));
-    }
-    Ok(XName::Omap(name))
 }
 
 fn check_omap_key(key: &[u8]) -> Result<()> {
@@ -380,22 +366,14 @@ impl<'c> ObjectTxn<'c> {
 
     /// The MD5 and omap the call leaves, for its event (read through the changes).
     fn put_event_facts(&mut self) -> Result<(String, Vec<(String, String)>)> {
-        let mut h = <md5::Md5 as md5::Digest>::new();
-        let mut at = 0;
-        while at < self.inode.size {
-            let chunk = Object::read(self, at, 1 << 20)?;
-            at += chunk.len() as u64;
-            md5::Digest::update(&mut h, &chunk);
-        }
+        let md5 =
+            super::events::md5_of(self.inode.size, |at, end| Object::read(self, at, end - at))?;
         let metadata = self
             .map_get_vals(b"", b"", usize::MAX)?
             .into_iter()
             .map(|(k, v)| super::events::lossy_pair(&k, &v))
             .collect();
-        Ok((
-            crate::lua::digest::hex(md5::Digest::finalize(h).as_slice()),
-            metadata,
-        ))
+        Ok((md5, metadata))
     }
 
     /// Commits every change in one batch; returns whether the name was unlinked.

@@ -904,17 +904,25 @@ impl Core {
     }
 
     fn content_md5(&self, ino: Ino, size: u64) -> Result<String> {
-        let mut h = Md5::new();
-        let mut at = 0;
-        while at < size {
-            let end = size.min(at + HASH_STEP);
-            h.update(super::object::read_chunks(at, end, |first, last| {
-                self.store.chunks(ino, first, last)
-            })?);
-            at = end;
-        }
-        Ok(hex(h.finalize().as_slice()))
+        md5_of(size, |at, end| {
+            super::object::read_chunks(at, end, |first, last| self.store.chunks(ino, first, last))
+        })
     }
+}
+
+/// The hex MD5 (an S3 eTag) of `size` bytes that `read(at, end)` returns, in 1 MiB steps.
+pub(super) fn md5_of(
+    size: u64,
+    mut read: impl FnMut(u64, u64) -> Result<Vec<u8>>,
+) -> Result<String> {
+    let mut h = Md5::new();
+    let mut at = 0;
+    while at < size {
+        let end = size.min(at + HASH_STEP);
+        h.update(read(at, end)?);
+        at = end;
+    }
+    Ok(hex(h.finalize().as_slice()))
 }
 
 /// An omap entry as event metadata (UTF-8, lossily).

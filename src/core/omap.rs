@@ -22,12 +22,15 @@ pub enum SetMode {
     Never,
 }
 
-enum XName<'a> {
+/// Where an xattr lives: `user.K` is omap key `K`; `trusted.*`/`security.*` are plain
+/// xattrs, stored under their full name.
+pub(super) enum XName<'a> {
     Omap(&'a [u8]),
     Plain(&'a [u8]),
 }
 
-fn parse(name: &[u8]) -> Result<XName<'_>> {
+/// The xattr name as the kernel hands it; other namespaces (`system.*`, ...) are EOPNOTSUPP.
+pub(super) fn parse(name: &[u8]) -> Result<XName<'_>> {
     let shown = || String::from_utf8_lossy(name).into_owned();
     if let Some(key) = name.strip_prefix(USER) {
         if key.is_empty() {
