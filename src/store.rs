@@ -30,9 +30,6 @@ pub type PackageKey = (String, String, String);
 /// may already hold.
 pub const LOG_FILE: &str = "lunafs.log";
 
-/// A read of at least this many chunks (128 KiB) is taken as part of a sequential stream.
-const SEQUENTIAL_CHUNKS: u64 = 8;
-
 pub struct Store {
     db: DB,
     path: PathBuf,
@@ -192,12 +189,8 @@ impl Store {
     pub fn chunks(&self, ino: Ino, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
         let cf = self.cf(Cf::Chunks);
         let keys: Vec<[u8; 16]> = (first..=last).map(|i| keys::chunk(ino, i)).collect();
-        let mut ro = ReadOptions::default();
-        // A long read is a sequential stream (kernel readahead asks for up to 1 MiB): keep it
-        // from evicting the block cache's metadata; the page cache holds the data anyway.
-        ro.fill_cache(last < first + SEQUENTIAL_CHUNKS);
         self.db
-            .batched_multi_get_cf_opt(cf, &keys, false, &ro)
+            .batched_multi_get_cf(cf, &keys, false)
             .into_iter()
             .map(|r| match r? {
                 Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
@@ -215,7 +208,12 @@ impl Store {
     }
 
     fn blob(&self, cf: Cf, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.db.get_pinned_cf(self.cf(cf), keys::named(ino, name))? {
+        self.get_blob(cf, &keys::named(ino, name))
+    }
+
+    /// The decoded blob value stored under `key` in `cf`.
+    fn get_blob(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.db.get_pinned_cf(self.cf(cf), key)? {
             Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
             None => Ok(None),
         }
@@ -271,13 +269,7 @@ impl Store {
 
     /// The source of class `name`.
     pub fn class(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(Cf::Classes), keys::class(name))?
-        {
-            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
-            None => Ok(None),
-        }
+        self.get_blob(Cf::Classes, &keys::class(name))
     }
 
     /// The names of all classes, in order.
@@ -371,13 +363,7 @@ impl Store {
     }
 
     pub fn notify_get(&self, kind: u8, name: &str) -> Result<Option<Vec<u8>>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(Cf::Notify), keys::notify_item(kind, name))?
-        {
-            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
-            None => Ok(None),
-        }
+        self.get_blob(Cf::Notify, &keys::notify_item(kind, name))
     }
 
     /// Every notify item of `kind`: (name, value), in name order.
@@ -394,10 +380,7 @@ impl Store {
     }
 
     pub fn global_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.db.get_pinned_cf(self.cf(Cf::Global), key.as_bytes())? {
-            Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
-            None => Ok(None),
-        }
+        self.get_blob(Cf::Global, key.as_bytes())
     }
 
     /// Every global-table entry, in key order.
