@@ -398,6 +398,10 @@ impl Core {
     /// A bucket was added, removed or renamed: which buckets are watched may have changed.
     pub(super) fn root_changed(&self) {
         if !self.events.settings().buckets.is_empty() {
+            // One reload at a time: a reload that read the settings before a concurrent
+            // notify_put committed would otherwise install the old ones over the new.
+            // (notify_put and notify_remove take no other lock while holding this one.)
+            let _one = self.events.changing.lock();
             if let Err(e) = self.events.reload(&self.store) {
                 tracing::error!(error = %e, "reloading notification settings");
             }
@@ -462,6 +466,9 @@ impl Core {
     /// A handler call changed `ino`'s data: a writer's running MD5 no longer matches it (its
     /// close computes the eTag from the content).
     pub(super) fn note_rewritten(&self, ino: Ino) {
+        if self.events.tracked.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         if let Some(w) = self.events.writing.lock().get_mut(&ino) {
             w.md5 = None;
         }
@@ -500,7 +507,12 @@ impl Core {
             _ => None,
         };
         match snapshot {
-            Some((uid, md5)) => self.queue_put(ino, uid, md5),
+            // If the Put cannot be queued, the file stays "written": the release tries again.
+            Some((uid, md5)) => self.queue_put(ino, uid, md5).inspect_err(|_| {
+                if let Some(w) = self.events.writing.lock().get_mut(&ino) {
+                    w.written = true;
+                }
+            }),
             None => Ok(()),
         }
     }
@@ -630,7 +642,7 @@ impl Core {
                 },
                 ..p.clone()
             };
-            let etag = self.etag_of(file, &inode)?;
+            let etag = self.etag_of(&mut txn.batch, file, &inode)?;
             let copy = self.change("ObjectCreated:Copy", &at(&to), file, inode.size, etag, uid);
             n.add(self.queue(&mut txn.batch, copy)?);
             let delete = self.change(
@@ -893,14 +905,22 @@ impl Core {
         Ok(())
     }
 
-    /// The MD5 of a file: the recorded one if the file has not changed since, else read.
-    fn etag_of(&self, ino: Ino, inode: &crate::store::codec::Inode) -> Result<String> {
+    /// The MD5 of a file: the recorded one if the file has not changed since, else read and
+    /// recorded in `batch`, so the next rename does not read it again.
+    fn etag_of(
+        &self,
+        batch: &mut Batch<'_>,
+        ino: Ino,
+        inode: &crate::store::codec::Inode,
+    ) -> Result<String> {
         if let Some(rec) = self.store.etag(ino)? {
             if let Some(etag) = parse_etag(&rec, inode.size, inode.mtime) {
                 return Ok(etag);
             }
         }
-        self.content_md5(ino, inode.size)
+        let etag = self.content_md5(ino, inode.size)?;
+        put_etag(batch, ino, inode.size, inode.mtime, &etag);
+        Ok(etag)
     }
 
     fn content_md5(&self, ino: Ino, size: u64) -> Result<String> {
