@@ -271,7 +271,7 @@ fn hard_links_share_data_and_count_links() {
 }
 
 #[test]
-fn symlinks_fifos_and_device_nodes() {
+fn symlinks_and_fifos() {
     let t = TestFs::mount();
     let b = t.bucket("b");
     fs::write(b.join("target"), b"t").unwrap();
@@ -283,13 +283,86 @@ fn symlinks_fifos_and_device_nodes() {
     assert_eq!(errno_of(fs::read(b.join("d"))), libc::ENOENT);
     common::sh(&format!("mkfifo {}", b.join("fifo").display()));
     assert!(fs::metadata(b.join("fifo")).unwrap().file_type().is_fifo());
-    let out = std::process::Command::new("mknod")
-        .arg(b.join("dev"))
-        .args(["c", "1", "3"])
+}
+
+fn mknod(path: &Path, kind: &str, major: u32, minor: u32) -> std::process::Output {
+    std::process::Command::new("mknod")
+        .arg(path)
+        .args([kind, &major.to_string(), &minor.to_string()])
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn device_nodes_keep_their_type_and_number_and_open_the_hosts_device() {
+    // `dev`: FUSE mounts are nodev unless asked.
+    let mut t = TestFs::with_options("allow_other,dev");
+    let b = t.bucket("b");
+    assert!(mknod(&b.join("null"), "c", 1, 3).status.success());
+    assert!(mknod(&b.join("loop"), "b", 7, 200).status.success());
+    let null = fs::metadata(b.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    assert_eq!(null.size(), 0);
+    let dev = fs::metadata(b.join("loop")).unwrap();
+    assert!(dev.file_type().is_block_device());
+    assert_eq!(dev.rdev(), libc::makedev(7, 200));
+    // Opening it is the kernel's: this one is the host's /dev/null.
+    fs::write(b.join("null"), b"swallowed").unwrap();
+    assert_eq!(fs::read(b.join("null")).unwrap(), b"");
+    // Everything a FIFO takes, a device node takes.
+    fs::set_permissions(b.join("null"), fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(b.join("null"), Some(65534), Some(65534)).unwrap();
+    fs::hard_link(b.join("null"), b.join("null2")).unwrap();
+    fs::rename(b.join("null2"), b.join("moved")).unwrap();
+    let moved = fs::metadata(b.join("moved")).unwrap();
+    assert_eq!(
+        (moved.nlink(), moved.uid(), moved.mode() & 0o7777),
+        (2, 65534, 0o600)
+    );
+    assert_eq!(moved.rdev(), libc::makedev(1, 3));
+    fs::remove_file(b.join("moved")).unwrap();
+    assert_eq!(fs::metadata(b.join("null")).unwrap().nlink(), 1);
+    // Only root (CAP_MKNOD) makes device nodes; anyone may make a FIFO.
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o777)).unwrap();
+    let other = b.join("by-nobody");
+    let out = run_as(65534, &["mknod", other.to_str().unwrap(), "c", "1", "3"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not permitted"));
+    let out = run_as(65534, &["mknod", other.to_str().unwrap(), "p"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // They survive a remount, and the store checks clean.
+    t.remount();
+    let null = fs::metadata(t.path("b/null")).unwrap();
+    assert_eq!((null.rdev(), null.uid()), (libc::makedev(1, 3), 65534));
+    t.unmount();
+    let out = std::process::Command::new(common::LUNAFS)
+        .arg("fsck")
+        .arg(&t.store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_nodev_mount_stores_device_nodes_but_does_not_open_them() {
+    // nodev is also what a mount without `dev` gets.
+    let t = TestFs::with_options("allow_other,nodev");
+    let b = t.bucket("b");
+    assert!(mknod(&b.join("null"), "c", 1, 3).status.success());
+    assert!(fs::metadata(b.join("null"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert_eq!(errno_of(fs::read(b.join("null"))), libc::EACCES);
 }
 
 #[test]

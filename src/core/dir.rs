@@ -128,15 +128,27 @@ impl Core {
         self.make_node(ctx, parent, name, Kind::Symlink, 0o777, 0, target)
     }
 
-    /// mknod: regular files, FIFOs and sockets. Device nodes are refused: a bucket holds
-    /// objects, and a device node's meaning belongs to the host, not to the store.
+    /// mknod: regular files, FIFOs, sockets and device nodes. A device node is only its
+    /// inode and `rdev` (as on ext4): opening it is the kernel's business (its driver, and
+    /// the mount's `nodev`), never a request to lunafs. Only devices keep an `rdev`.
     pub fn mknod(&self, ctx: Ctx, parent: Ino, name: &Name, mode: u32, rdev: u32) -> Result<Inode> {
         let kind = match mode & libc::S_IFMT {
             0 | libc::S_IFREG => Kind::File,
             libc::S_IFIFO => Kind::Fifo,
             libc::S_IFSOCK => Kind::Socket,
             libc::S_IFDIR => Kind::Dir,
-            _ => return Err(Error::NotPermitted(format!("{name}: device nodes"))),
+            libc::S_IFBLK => Kind::BlockDev,
+            libc::S_IFCHR => Kind::CharDev,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "{name}: file type {other:#o}"
+                )))
+            }
+        };
+        let rdev = if matches!(kind, Kind::BlockDev | Kind::CharDev) {
+            rdev
+        } else {
+            0
         };
         self.make_node(ctx, parent, name, kind, mode, rdev, &[])
     }

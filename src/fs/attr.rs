@@ -14,6 +14,8 @@ pub fn file_type(kind: Kind) -> FileType {
         Kind::Symlink => FileType::Symlink,
         Kind::Fifo => FileType::NamedPipe,
         Kind::Socket => FileType::Socket,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::CharDev => FileType::CharDevice,
     }
 }
 

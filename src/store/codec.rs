@@ -19,6 +19,9 @@ pub enum Kind {
     Symlink = 3,
     Fifo = 4,
     Socket = 5,
+    /// Device nodes carry their device number in the inode's `rdev`.
+    BlockDev = 6,
+    CharDev = 7,
 }
 
 impl Kind {
@@ -29,6 +32,8 @@ impl Kind {
             3 => Kind::Symlink,
             4 => Kind::Fifo,
             5 => Kind::Socket,
+            6 => Kind::BlockDev,
+            7 => Kind::CharDev,
             other => return Err(Error::Corrupt(format!("unknown inode kind {other}"))),
         })
     }
