@@ -1,0 +1,263 @@
+//! The running call's budget, per thread (a thread runs one call at a time): memory held
+//! outside the Lua heap, instructions left, the deadline, the caller, and whether a limit
+//! has tripped. The VM's instruction hook and the library functions written in Rust
+//! (`strlib`, `tablib`) both check it through `keep_going`, so a limit holds inside library
+//! code too. Once tripped, a limit stays tripped for the rest of the call: `pcall` raises it
+//! again, so a script cannot catch its way past it.
+//!
+//! Besides the limits, a call stops when nobody waits for it any more: its caller was
+//! killed (a fatal signal pending on the task whose FUSE request runs the call), or the
+//! daemon is shutting down (`abandon_all`, at SIGTERM). Such a call commits nothing.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mlua::Lua;
+
+use super::Limits;
+
+/// How often a running call looks at its caller's state in /proc.
+const CALLER_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trip {
+    Memory,
+    Instructions,
+    Time,
+    /// The calling process was killed while its call ran.
+    CallerGone,
+    /// The daemon is stopping.
+    Shutdown,
+}
+
+impl Trip {
+    pub fn errno(self) -> i32 {
+        match self {
+            Trip::Memory => libc::ENOMEM,
+            Trip::Instructions | Trip::Time => libc::ETIMEDOUT,
+            Trip::CallerGone | Trip::Shutdown => libc::ECANCELED,
+        }
+    }
+
+    pub fn message(self, limits: &Limits) -> String {
+        match self {
+            Trip::Memory => format!("memory limit of {} bytes exceeded", limits.memory),
+            Trip::Instructions => {
+                format!("instruction limit of {} exceeded", limits.instructions)
+            }
+            Trip::Time => format!("time limit of {:?} exceeded", limits.time),
+            Trip::CallerGone => "the caller was killed; the call was abandoned".into(),
+            Trip::Shutdown => "lunafs is stopping; the call was abandoned".into(),
+        }
+    }
+}
+
+struct Budget {
+    /// Bytes held by live bufferlists and images of this thread's VM.
+    held: Cell<usize>,
+    memory: Cell<usize>,
+    instructions_left: Cell<i64>,
+    /// None outside a call: then everything may run (VM set-up code).
+    deadline: Cell<Option<Instant>>,
+    tripped: Cell<Option<Trip>>,
+    /// The task (thread id) whose request runs the call, if any.
+    caller: Cell<Option<u32>>,
+    next_caller_check: Cell<Option<Instant>>,
+}
+
+thread_local! {
+    static BUDGET: Budget = const {
+        Budget {
+            held: Cell::new(0),
+            memory: Cell::new(usize::MAX),
+            instructions_left: Cell::new(i64::MAX),
+            deadline: Cell::new(None),
+            tripped: Cell::new(None),
+            caller: Cell::new(None),
+            next_caller_check: Cell::new(None),
+        }
+    };
+}
+
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+/// Makes every running and later call stop at its next check (the daemon is stopping).
+pub fn abandon_all() {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+/// Starts a call's budget on this thread.
+pub(super) fn start(limits: &Limits, caller: Option<u32>) {
+    BUDGET.with(|b| {
+        b.memory.set(limits.memory);
+        b.instructions_left
+            .set(i64::try_from(limits.instructions).unwrap_or(i64::MAX));
+        let now = Instant::now();
+        b.deadline.set(Some(now + limits.time));
+        // A call that starts while the daemon stops is abandoned before it can commit.
+        b.tripped
+            .set(SHUTDOWN.load(Ordering::Relaxed).then_some(Trip::Shutdown));
+        b.caller.set(caller);
+        b.next_caller_check.set(Some(now + CALLER_CHECK_EVERY));
+    });
+}
+
+/// Ends the call's budget; the limit it tripped, if any.
+pub(super) fn finish() -> Option<Trip> {
+    BUDGET.with(|b| {
+        b.deadline.set(None);
+        b.caller.set(None);
+        b.tripped.take()
+    })
+}
+
+pub(super) fn tripped() -> Option<Trip> {
+    BUDGET.with(|b| b.tripped.get())
+}
+
+pub(super) fn trip(t: Trip) {
+    BUDGET.with(|b| {
+        if b.tripped.get().is_none() {
+            b.tripped.set(Some(t));
+        }
+    });
+}
+
+pub(super) fn held() -> usize {
+    BUDGET.with(|b| b.held.get())
+}
+
+/// Charges `steps` of work (VM instructions, or the Rust library's steps) and checks every
+/// limit; false means stop now (the limit has tripped and stays tripped).
+pub fn keep_going(steps: u32) -> bool {
+    BUDGET.with(|b| {
+        let Some(deadline) = b.deadline.get() else {
+            return true;
+        };
+        if b.tripped.get().is_none() {
+            let left = b.instructions_left.get() - i64::from(steps);
+            b.instructions_left.set(left);
+            let now = Instant::now();
+            let trip = if left < 0 {
+                Some(Trip::Instructions)
+            } else if now > deadline {
+                Some(Trip::Time)
+            } else if SHUTDOWN.load(Ordering::Relaxed) {
+                Some(Trip::Shutdown)
+            } else {
+                caller_check_due(b, now)
+                    .and_then(|tid| caller_gone(tid).then_some(Trip::CallerGone))
+            };
+            b.tripped.set(trip);
+        }
+        b.tripped.get().is_none()
+    })
+}
+
+/// The caller to look at, when a look is due.
+fn caller_check_due(b: &Budget, now: Instant) -> Option<u32> {
+    let tid = b.caller.get()?;
+    if b.next_caller_check.get().is_some_and(|t| now < t) {
+        return None;
+    }
+    b.next_caller_check.set(Some(now + CALLER_CHECK_EVERY));
+    Some(tid)
+}
+
+/// Whether task `tid` is gone or dying: it no longer exists, or a SIGKILL is pending on
+/// it. The kernel also marks SIGKILL pending on every thread of a process that a fatal
+/// signal (an unhandled SIGINT or SIGTERM) is ending, and a task blocked in our FUSE request
+/// stays in the kernel until we answer, so this is what "the caller went away" looks like.
+fn caller_gone(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true;
+    };
+    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+    status.lines().any(|line| {
+        let mask = line
+            .strip_prefix("SigPnd:")
+            .or_else(|| line.strip_prefix("ShdPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & SIGKILL_BIT != 0)
+            || line.starts_with("State:\tZ")
+    })
+}
+
+/// The error that ends a call whose limit tripped (whatever catches it, `limited` reports
+/// the limit itself).
+pub fn limit_error() -> mlua::Error {
+    let what = tripped().map_or_else(|| "a".to_string(), |t| format!("{t:?}"));
+    mlua::Error::runtime(format!("{what} limit reached"))
+}
+
+/// Whether a buffer of `n` bytes that library code is about to build fits the call's
+/// memory limit; if not, the memory limit trips.
+pub fn fits(n: usize) -> bool {
+    let ok = BUDGET.with(|b| n <= b.memory.get());
+    if !ok {
+        trip(Trip::Memory);
+    }
+    ok
+}
+
+/// Charges `n` bytes of Rust-side memory (bufferlist or image contents) to the call. Over
+/// the budget, collects garbage once (freeing dead bufferlists) before refusing.
+pub fn charge(lua: &Lua, n: usize) -> mlua::Result<()> {
+    let over = || BUDGET.with(|b| b.held.get().saturating_add(n) > b.memory.get());
+    if over() {
+        lua.gc_collect()?;
+        if over() {
+            trip(Trip::Memory);
+            return Err(mlua::Error::MemoryError(format!(
+                "bufferlist of {n} more bytes would pass the call's memory limit"
+            )));
+        }
+    }
+    BUDGET.with(|b| b.held.set(b.held.get() + n));
+    Ok(())
+}
+
+/// Checks that `n` more bytes would fit the budget (collecting garbage if needed), without
+/// charging them: for reads whose result is charged once it exists.
+pub fn reserve(lua: &Lua, n: usize) -> mlua::Result<()> {
+    charge(lua, n)?;
+    release(n);
+    Ok(())
+}
+
+/// Returns bytes charged by `charge` (a bufferlist or image was collected).
+pub fn release(n: usize) {
+    // The VM may be dropped during thread exit, after the budget is gone: nothing to count.
+    let _ = BUDGET.try_with(|b| b.held.set(b.held.get().saturating_sub(n)));
+}
+
+/// Bytes the call may still charge.
+pub fn budget_left() -> usize {
+    BUDGET.with(|b| b.memory.get().saturating_sub(b.held.get()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_caller_is_not_gone_and_a_missing_one_is() {
+        assert!(!caller_gone(std::process::id()));
+        assert!(caller_gone(u32::MAX - 1));
+    }
+
+    #[test]
+    fn keep_going_trips_the_instruction_limit_and_stays_tripped() {
+        let limits = Limits {
+            instructions: 5000,
+            ..Limits::default()
+        };
+        start(&limits, None);
+        assert!(keep_going(4096));
+        assert!(!keep_going(4096));
+        assert!(!keep_going(1));
+        assert_eq!(finish(), Some(Trip::Instructions));
+        assert!(keep_going(u32::MAX), "outside a call everything runs");
+    }
+}
