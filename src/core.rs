@@ -6,6 +6,7 @@
 //! converts) and is tested on a temp-dir store without a kernel.
 
 pub mod call;
+pub mod ceph;
 pub mod class;
 pub mod dir;
 pub mod events;

@@ -7,12 +7,20 @@
 //! `core` implements over a transaction, and installed modules through `Modules`. No mlua type
 //! crosses this module's public API, so `core` never imports mlua.
 
+mod args;
+mod base;
+pub mod budget;
 pub mod bufferlist;
 pub mod digest;
+mod errors;
 pub mod image;
+mod msgpack;
 pub mod notify;
 pub mod objclass;
+pub mod pattern;
 pub mod sandbox;
+mod strlib;
+mod tablib;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +163,15 @@ pub struct Call<'a> {
     pub input: &'a [u8],
     /// The class name for logs (`inline` for inline scripts).
     pub class: &'a str,
+    /// The task (thread id) whose request made the call: the call stops, committing
+    /// nothing, once that task has been killed. None for calls nobody waits on.
+    pub caller: Option<u32>,
+}
+
+/// Makes every running call stop at its next check, and every later one at its first,
+/// committing nothing (the daemon is stopping).
+pub fn abandon_calls() {
+    budget::abandon_all();
 }
 
 /// Runs handlers with the configured limits on a VM owned by the calling thread.

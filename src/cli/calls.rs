@@ -219,7 +219,7 @@ pub fn class(action: ClassCmd, mount: Option<&Path>) -> Result<i32> {
                     .map(|s| s.to_string_lossy().into_owned())
                     .ok_or_else(|| Error::Usage(format!("{}: no file name", file.display())))?,
             };
-            crate::core::class::check_class_name(&name)?;
+            crate::core::class::check_new_class(&name)?;
             let source = read_file(&file)?;
             Engine::check(&file.display().to_string(), &source)?;
             write_checked(&dir.join(format!("{name}.lua")), &source)?;

@@ -61,6 +61,18 @@ pub fn check_class_name(name: &str) -> Result<()> {
     }
 }
 
+/// A name a class may be stored under: a valid name, and not `lua`, which means Ceph's
+/// built-in eval methods.
+pub fn check_new_class(name: &str) -> Result<()> {
+    check_class_name(name)?;
+    if name == super::ceph::CLASS {
+        return Err(Error::InvalidArgument(format!(
+            "class name {name:?} is reserved for Ceph's lua.eval_json and lua.eval_bufferlist"
+        )));
+    }
+    Ok(())
+}
+
 /// A module name: the package name, optionally followed by `.submodule` parts.
 fn check_module(package: &str, module: &str) -> Result<()> {
     let in_package = module == package
@@ -121,7 +133,7 @@ pub fn compare_versions(a: &str, b: &str) -> CmpOrdering {
 impl Core {
     /// Stores class `name`, replacing any earlier version; a syntax error refuses it.
     pub fn class_put(&self, name: &str, source: &[u8]) -> Result<()> {
-        check_class_name(name)?;
+        check_new_class(name)?;
         Engine::check(name, source)?;
         let mut classes = self.registry.classes.write();
         let mut batch = self.store.batch();

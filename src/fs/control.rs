@@ -218,7 +218,7 @@ impl Control {
                 let class = name.strip_suffix(SUFFIX).ok_or_else(|| {
                     Error::InvalidArgument(format!("{name}: class files are named CLASS.lua"))
                 })?;
-                crate::core::class::check_class_name(class)?;
+                crate::core::class::check_new_class(class)?;
                 Node::Class(class.to_string())
             }
             PACKAGES_INO => Node::Module(module_file(name).ok_or_else(|| {

@@ -2,12 +2,12 @@
 //! `bl:str()`, `bl:append(s)`, `#bl`, `bl:length()`, `..`, `==`, `<`, `<=`.
 //!
 //! The bytes live on the Rust heap, outside Lua's allocator, so every byte a bufferlist holds
-//! is charged to the call's memory budget (`sandbox::charge`) and released when the
+//! is charged to the call's memory budget (`budget::charge`) and released when the
 //! bufferlist is collected; a script cannot escape the memory limit by appending.
 
 use mlua::{AnyUserData, Lua, MetaMethod, UserData, UserDataMethods, Value};
 
-use super::sandbox;
+use super::budget;
 
 pub struct Bl {
     data: Vec<u8>,
@@ -16,7 +16,7 @@ pub struct Bl {
 impl Bl {
     /// A new bufferlist userdata holding `data`, charged to the budget.
     pub fn create(lua: &Lua, data: Vec<u8>) -> mlua::Result<AnyUserData> {
-        sandbox::charge(lua, data.len())?;
+        budget::charge(lua, data.len())?;
         lua.create_userdata(Bl { data })
     }
 
@@ -27,7 +27,7 @@ impl Bl {
 
 impl Drop for Bl {
     fn drop(&mut self) {
-        sandbox::release(self.data.len());
+        budget::release(self.data.len());
     }
 }
 
@@ -51,7 +51,7 @@ impl UserData for Bl {
         methods.add_method("length", |_, this, ()| Ok(this.data.len()));
         methods.add_method_mut("append", |lua, this, v: Value| {
             let more = bytes_of(&v)?;
-            sandbox::charge(lua, more.len())?;
+            budget::charge(lua, more.len())?;
             this.data.extend_from_slice(&more);
             Ok(())
         });

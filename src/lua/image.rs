@@ -12,8 +12,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::{DynamicImage, ImageFormat, ImageReader};
 use mlua::{Lua, UserData, UserDataMethods, Value};
 
+use super::budget;
 use super::bufferlist::{bytes_of, Bl};
-use super::sandbox;
 
 /// The largest width or height decoded.
 const MAX_SIDE: u32 = 16_384;
@@ -24,14 +24,14 @@ pub struct Img {
 
 impl Img {
     fn create(lua: &Lua, img: DynamicImage) -> mlua::Result<mlua::AnyUserData> {
-        sandbox::charge(lua, img.as_bytes().len())?;
+        budget::charge(lua, img.as_bytes().len())?;
         lua.create_userdata(Img { img })
     }
 }
 
 impl Drop for Img {
     fn drop(&mut self) {
-        sandbox::release(self.img.as_bytes().len());
+        budget::release(self.img.as_bytes().len());
     }
 }
 
@@ -53,7 +53,7 @@ fn decode(lua: &Lua, bytes: &[u8]) -> mlua::Result<mlua::AnyUserData> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(sandbox::budget_left(lua) as u64);
+    limits.max_alloc = Some(budget::budget_left() as u64);
     reader.limits(limits);
     let img = reader.decode().map_err(err)?;
     Img::create(lua, img)
@@ -84,7 +84,7 @@ impl UserData for Img {
             // A thumbnail never enlarges: the box is capped at the image's own size, which
             // also bounds what the resize allocates.
             let (w, h) = (w.min(this.img.width()), h.min(this.img.height()));
-            sandbox::reserve(lua, w as usize * h as usize * 4)?;
+            budget::reserve(lua, w as usize * h as usize * 4)?;
             Img::create(lua, this.img.thumbnail(w, h))
         });
         methods.add_method(

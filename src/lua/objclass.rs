@@ -3,20 +3,39 @@
 //! Every function here only translates between Lua values and the `Object` trait; the
 //! semantics (what a write or an omap change means, when it commits) belong to `core`. A
 //! failing storage call raises a `ClsError` carrying its errno: uncaught it ends the handler
-//! with the negative errno, `pcall` turns it into `false, -errno, message`.
+//! with the negative errno, `pcall` turns it into `false, -errno, message`. Argument errors
+//! are plain errors ("bad argument #1 to 'read' (number expected, got string)"): -EIO
+//! uncaught, `false, message` under `pcall`, as in Ceph.
+//!
+//! Where Ceph's functions take an argument strictly (a bufferlist, a required string),
+//! these also accept the obvious other form (a string for a bufferlist, a missing
+//! `start_after`): a script written for Ceph passes what Ceph takes and sees Ceph's result.
 
 use std::cell::RefCell;
 
-use mlua::{Function, Lua, Scope, Table, Value, Variadic};
+use mlua::{Function, Lua, MultiValue, Scope, Table, Value};
 
+use super::args::{truthy, Args};
 use super::bufferlist::{bytes_of, Bl};
 use super::Object;
 
-/// A storage error as it crosses into Lua: the errno the script sees and the message.
+/// A storage error as it crosses into Lua: the errno the script sees, the message the
+/// call's caller and the log see, and what `pcall` gives the script: Ceph's text (the
+/// errno's `strerror`, or a message of its own such as `map_set_vals`').
 #[derive(Debug, Clone)]
 pub struct ClsError {
     pub errno: i32,
     pub message: String,
+    pub script_message: Option<String>,
+}
+
+impl ClsError {
+    /// The message `pcall` returns, as Ceph's cls_lua words it.
+    pub fn for_script(&self) -> String {
+        self.script_message
+            .clone()
+            .unwrap_or_else(|| nix::errno::Errno::from_raw(self.errno).desc().to_string())
+    }
 }
 
 impl std::fmt::Display for ClsError {
@@ -31,29 +50,56 @@ pub fn raise(e: crate::Error) -> mlua::Error {
     mlua::Error::external(ClsError {
         errno: e.errno(),
         message: e.to_string(),
+        script_message: None,
     })
 }
 
-/// The errno constants scripts compare results with (positive, as in Ceph).
+fn invalid(message: String) -> mlua::Error {
+    raise(crate::Error::InvalidArgument(message))
+}
+
+/// -EINVAL with Ceph's own wording, which `pcall` passes on.
+fn invalid_as_ceph(message: String) -> mlua::Error {
+    mlua::Error::external(ClsError {
+        errno: libc::EINVAL,
+        message: message.clone(),
+        script_message: Some(message),
+    })
+}
+
+/// The errno constants scripts compare results with (positive, as in Ceph): every one
+/// Ceph's cls_lua defines, then the ones lunafs's own errors use.
 pub const ERRNOS: &[(&str, i32)] = &[
     ("EPERM", libc::EPERM),
     ("ENOENT", libc::ENOENT),
+    ("ESRCH", libc::ESRCH),
+    ("EINTR", libc::EINTR),
     ("EIO", libc::EIO),
+    ("ENXIO", libc::ENXIO),
     ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
     ("EBADF", libc::EBADF),
+    ("ECHILD", libc::ECHILD),
     ("EAGAIN", libc::EAGAIN),
     ("ENOMEM", libc::ENOMEM),
     ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
     ("EBUSY", libc::EBUSY),
     ("EEXIST", libc::EEXIST),
     ("EXDEV", libc::EXDEV),
+    ("ENODEV", libc::ENODEV),
     ("ENOTDIR", libc::ENOTDIR),
     ("EISDIR", libc::EISDIR),
     ("EINVAL", libc::EINVAL),
+    ("ENFILE", libc::ENFILE),
+    ("EMFILE", libc::EMFILE),
+    ("ENOTTY", libc::ENOTTY),
     ("EFBIG", libc::EFBIG),
     ("ENOSPC", libc::ENOSPC),
+    ("ESPIPE", libc::ESPIPE),
     ("EROFS", libc::EROFS),
     ("EMLINK", libc::EMLINK),
+    ("EPIPE", libc::EPIPE),
     ("EDOM", libc::EDOM),
     ("ERANGE", libc::ERANGE),
     ("ENAMETOOLONG", libc::ENAMETOOLONG),
@@ -76,24 +122,46 @@ pub struct Site<'a> {
     pub object: String,
 }
 
-/// A Lua string argument as bytes (keys, names: binary-safe).
-fn key(v: &Value) -> mlua::Result<Vec<u8>> {
-    match v {
-        Value::String(s) => Ok(s.as_bytes().to_vec()),
-        other => bytes_of(other),
+impl Args {
+    /// A name, key or data argument: a string, a number or a bufferlist, as bytes.
+    fn bytes(&self, i: usize) -> mlua::Result<Vec<u8>> {
+        match self.get(i) {
+            v @ (Value::String(_) | Value::Integer(_) | Value::Number(_) | Value::UserData(_)) => {
+                bytes_of(&v).map_err(|_| self.bad(i, "bufferlist expected"))
+            }
+            _ => Err(self.bad(i, &format!("string expected, got {}", self.type_of(i)))),
+        }
+    }
+
+    /// An offset, length or size argument: a non-negative integer.
+    fn size(&self, lua: &Lua, i: usize, what: &str) -> mlua::Result<u64> {
+        let v = self.int(lua, i)?;
+        u64::try_from(v).map_err(|_| invalid(format!("{what} {v}")))
+    }
+
+    /// A `max` argument: negative means no limit (Ceph's int passed on as unsigned).
+    fn max(&self, lua: &Lua, i: usize) -> mlua::Result<usize> {
+        let v = self.opt_int(lua, i, -1)?;
+        Ok(usize::try_from(v).unwrap_or(usize::MAX))
+    }
+
+    /// A `start_after` or `prefix` argument (empty when absent).
+    fn opt_bytes(&self, i: usize) -> mlua::Result<Vec<u8>> {
+        match self.get(i) {
+            Value::Nil => Ok(Vec::new()),
+            _ => self.bytes(i),
+        }
     }
 }
 
-fn size_arg(v: i64, what: &str) -> mlua::Result<u64> {
-    u64::try_from(v).map_err(|_| raise(crate::Error::InvalidArgument(format!("{what} {v}"))))
-}
+type Obj<'env, 'o> = &'env RefCell<&'o mut dyn Object>;
 
 /// Builds the `objclass` table of one call, bound to `object` for the call's duration.
 /// `registered` collects the functions the script registers as handlers.
 pub fn module<'scope, 'env: 'scope, 'o: 'env>(
     lua: &Lua,
     scope: &'scope Scope<'scope, 'env>,
-    object: &'env RefCell<&'o mut dyn Object>,
+    object: Obj<'env, 'o>,
     site: &'env Site<'env>,
     registered: &Table,
 ) -> mlua::Result<Table> {
@@ -101,211 +169,283 @@ pub fn module<'scope, 'env: 'scope, 'o: 'env>(
     for (name, errno) in ERRNOS {
         t.set(*name, *errno)?;
     }
-    let obj = || object.borrow_mut();
-    let set = |name: &str, f: Function| t.set(name, f);
-
     let reg = registered.clone();
-    set(
+    t.set(
         "register",
-        lua.create_function(move |_, f: Function| reg.set(f, true))?,
+        lua.create_function(move |_, a: MultiValue| {
+            register(&reg, Args::new(a, "objclass.register"))
+        })?,
     )?;
-    set(
+    t.set(
         "log",
-        scope.create_function(move |_, args: Variadic<Value>| {
-            log(site, &args);
-            Ok(())
+        scope.create_function(move |lua, a: MultiValue| {
+            log(lua, site, Args::new(a, "objclass.log"))
         })?,
     )?;
-    set(
-        "create",
-        scope.create_function(move |_, exclusive: Option<bool>| {
-            obj().create(exclusive.unwrap_or(true)).map_err(raise)
-        })?,
-    )?;
-    set(
-        "remove",
-        scope.create_function(move |_, ()| obj().remove().map_err(raise))?,
-    )?;
-    set(
-        "stat",
-        scope.create_function(move |_, ()| obj().stat().map_err(raise))?,
-    )?;
-    set(
-        "read",
-        scope.create_function(move |lua, (off, len): (i64, i64)| {
-            let (off, len) = (size_arg(off, "offset")?, size_arg(len, "length")?);
-            // The bytes the read returns must fit the budget before they are read (a
-            // 1 PiB sparse file is a valid object); never a silently short read.
-            let (size, _) = obj().stat().map_err(raise)?;
-            let n = len.min(size.saturating_sub(off));
-            super::sandbox::reserve(lua, usize::try_from(n).unwrap_or(usize::MAX))?;
-            let data = obj().read(off, n).map_err(raise)?;
-            Bl::create(lua, data)
-        })?,
-    )?;
-    set(
-        "write",
-        scope.create_function(move |_, (off, len, bl): (i64, i64, Value)| {
-            let (off, len) = (size_arg(off, "offset")?, size_arg(len, "length")?);
-            let data = bytes_of(&bl)?;
-            let len = usize::try_from(len).unwrap_or(usize::MAX);
-            if len > data.len() {
-                return Err(raise(crate::Error::InvalidArgument(format!(
-                    "write of {len} bytes from a bufferlist of {}",
-                    data.len()
-                ))));
-            }
-            obj().write(off, &data[..len]).map_err(raise)
-        })?,
-    )?;
-    set(
-        "write_full",
-        scope.create_function(move |_, bl: Value| {
-            obj().write_full(&bytes_of(&bl)?).map_err(raise)
-        })?,
-    )?;
-    set(
-        "truncate",
-        scope.create_function(move |_, size: i64| {
-            obj().truncate(size_arg(size, "size")?).map_err(raise)
-        })?,
-    )?;
-    set(
-        "getxattr",
-        scope.create_function(move |lua, name: Value| {
-            let v = obj().getxattr(&key(&name)?).map_err(raise)?;
-            Bl::create(lua, v)
-        })?,
-    )?;
-    set(
-        "getxattrs",
-        scope.create_function(move |lua, ()| {
-            let all = obj().getxattrs().map_err(raise)?;
-            let out = lua.create_table()?;
-            for (k, v) in all {
-                out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
-            }
-            Ok(out)
-        })?,
-    )?;
-    set(
-        "setxattr",
-        scope.create_function(move |_, (name, v): (Value, Value)| {
-            obj().setxattr(&key(&name)?, &bytes_of(&v)?).map_err(raise)
-        })?,
-    )?;
-    set(
-        "map_get_val",
-        scope.create_function(move |lua, k: Value| {
-            let v = obj().map_get_val(&key(&k)?).map_err(raise)?;
-            Bl::create(lua, v)
-        })?,
-    )?;
-    set(
-        "map_set_val",
-        scope.create_function(move |_, (k, v): (Value, Value)| {
-            obj().map_set_val(&key(&k)?, &bytes_of(&v)?).map_err(raise)
-        })?,
-    )?;
-    set(
-        "map_set_vals",
-        scope.create_function(move |_, vals: Table| {
-            let mut pairs = Vec::new();
-            for pair in vals.pairs::<Value, Value>() {
-                let (k, v) = pair?;
-                pairs.push((key(&k)?, bytes_of(&v)?));
-            }
-            let mut o = obj();
-            for (k, v) in pairs {
-                o.map_set_val(&k, &v).map_err(raise)?;
-            }
-            Ok(())
-        })?,
-    )?;
-    set(
-        "map_get_keys",
-        scope.create_function(move |lua, (after, max): (Option<Value>, Option<i64>)| {
-            let after = after.as_ref().map(key).transpose()?.unwrap_or_default();
-            let max = max.map_or(Ok(usize::MAX), |m| size_arg(m, "max").map(|m| m as usize))?;
-            let entries = obj().map_get_vals(&after, b"", max).map_err(raise)?;
-            let out = lua.create_table()?;
-            for (k, _) in entries {
-                out.set(lua.create_string(&k)?, true)?;
-            }
-            Ok(out)
-        })?,
-    )?;
-    set(
-        "map_get_vals",
-        scope.create_function(
-            move |lua, (after, prefix, max): (Option<Value>, Option<Value>, Option<i64>)| {
-                let after = after.as_ref().map(key).transpose()?.unwrap_or_default();
-                let prefix = prefix.as_ref().map(key).transpose()?.unwrap_or_default();
-                let max = max.map_or(Ok(usize::MAX), |m| size_arg(m, "max").map(|m| m as usize))?;
-                let entries = obj().map_get_vals(&after, &prefix, max).map_err(raise)?;
-                let out = lua.create_table()?;
-                for (k, v) in entries {
-                    out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
-                }
-                Ok(out)
-            },
-        )?,
-    )?;
-    set(
-        "map_remove_key",
-        scope.create_function(move |_, k: Value| obj().map_remove_key(&key(&k)?).map_err(raise))?,
-    )?;
-    set(
-        "map_clear",
-        scope.create_function(move |_, ()| obj().map_clear().map_err(raise))?,
-    )?;
-    set(
-        "map_read_header",
-        scope.create_function(move |lua, ()| {
-            let v = obj().map_read_header().map_err(raise)?;
-            Bl::create(lua, v)
-        })?,
-    )?;
-    set(
-        "map_write_header",
-        scope.create_function(move |_, v: Value| {
-            obj().map_write_header(&bytes_of(&v)?).map_err(raise)
-        })?,
-    )?;
-    set(
-        "current_version",
-        scope.create_function(move |_, ()| obj().current_version().map_err(raise))?,
-    )?;
+    add_data_functions(scope, &t, object)?;
+    add_xattr_functions(scope, &t, object)?;
+    add_omap_functions(scope, &t, object)?;
+    add_version_functions(scope, &t, object)?;
     Ok(t)
 }
 
-/// `log([level,] ...)`: Ceph's levels, lower is more important (0 error, 1 warn, up to 5
-/// info, up to 10 debug, above that trace). Without a level: info.
-fn log(site: &Site<'_>, args: &[Value]) {
-    let (level, rest) = match args {
-        [Value::Integer(l), rest @ ..] if !rest.is_empty() => (*l, rest),
-        _ => (5, args),
+/// Adds `name` to `t`, a function of this call taking its arguments as `Args`.
+fn add<'scope, 'env: 'scope, R: mlua::IntoLuaMulti>(
+    scope: &'scope Scope<'scope, 'env>,
+    t: &Table,
+    name: &'static str,
+    f: impl Fn(&Lua, Args) -> mlua::Result<R> + 'scope,
+) -> mlua::Result<()> {
+    let func: Function =
+        scope.create_function(move |lua, a: MultiValue| f(lua, Args::new(a, name)))?;
+    t.set(name.trim_start_matches("objclass."), func)
+}
+
+fn add_data_functions<'scope, 'env: 'scope, 'o: 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    t: &Table,
+    object: Obj<'env, 'o>,
+) -> mlua::Result<()> {
+    let obj = move || object.borrow_mut();
+    add(scope, t, "objclass.create", move |_, a| {
+        // Ceph: `lua_toboolean`, so no argument (or nil) is a non-exclusive create.
+        obj().create(truthy(&a.get(1))).map_err(raise)
+    })?;
+    add(scope, t, "objclass.remove", move |_, _| {
+        obj().remove().map_err(raise)
+    })?;
+    add(scope, t, "objclass.stat", move |_, _| {
+        obj().stat().map_err(raise)
+    })?;
+    add(scope, t, "objclass.read", move |lua, a| {
+        // Ceph reads nothing at a negative offset (it becomes a huge unsigned one).
+        if a.int(lua, 1)? < 0 {
+            return Bl::create(lua, Vec::new());
+        }
+        let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
+        // The bytes the read returns must fit the budget before they are read (a 1 PiB
+        // sparse file is a valid object); never a silently short read. A length of 0
+        // reads to the end, as Ceph's does.
+        let (size, _) = obj().stat().map_err(raise)?;
+        let rest = size.saturating_sub(off);
+        let n = if len == 0 { rest } else { len.min(rest) };
+        super::budget::reserve(lua, usize::try_from(n).unwrap_or(usize::MAX))?;
+        let data = obj().read(off, n).map_err(raise)?;
+        Bl::create(lua, data)
+    })?;
+    add(scope, t, "objclass.write", move |lua, a| {
+        let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
+        let data = a.bytes(3)?;
+        // Ceph's OSD refuses an extent whose length is not the data's.
+        if len != data.len() as u64 {
+            return Err(invalid(format!(
+                "write of length {len} with a bufferlist of {} bytes",
+                data.len()
+            )));
+        }
+        obj().write(off, &data).map_err(raise)
+    })?;
+    add(scope, t, "objclass.write_full", move |_, a| {
+        obj().write_full(&a.bytes(1)?).map_err(raise)
+    })?;
+    add(scope, t, "objclass.truncate", move |lua, a| {
+        obj().truncate(a.size(lua, 1, "size")?).map_err(raise)
+    })?;
+    Ok(())
+}
+
+fn add_xattr_functions<'scope, 'env: 'scope, 'o: 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    t: &Table,
+    object: Obj<'env, 'o>,
+) -> mlua::Result<()> {
+    let obj = move || object.borrow_mut();
+    add(scope, t, "objclass.getxattr", move |lua, a| {
+        let v = obj().getxattr(&a.bytes(1)?).map_err(raise)?;
+        Bl::create(lua, v)
+    })?;
+    add(scope, t, "objclass.getxattrs", move |lua, _| {
+        let all = obj().getxattrs().map_err(raise)?;
+        let out = lua.create_table()?;
+        for (k, v) in all {
+            out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
+        }
+        Ok(out)
+    })?;
+    add(scope, t, "objclass.setxattr", move |_, a| {
+        obj().setxattr(&a.bytes(1)?, &a.bytes(2)?).map_err(raise)?;
+        // Ceph's returns its last argument (the bufferlist).
+        Ok(a.get(a.len().max(1)))
+    })?;
+    Ok(())
+}
+
+fn add_omap_functions<'scope, 'env: 'scope, 'o: 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    t: &Table,
+    object: Obj<'env, 'o>,
+) -> mlua::Result<()> {
+    let obj = move || object.borrow_mut();
+    add(scope, t, "objclass.map_get_val", move |lua, a| {
+        let v = obj().map_get_val(&a.bytes(1)?).map_err(raise)?;
+        Bl::create(lua, v)
+    })?;
+    add(scope, t, "objclass.map_set_val", move |_, a| {
+        obj().map_set_val(&a.bytes(1)?, &a.bytes(2)?).map_err(raise)
+    })?;
+    add(scope, t, "objclass.map_set_vals", move |lua, a| {
+        let pairs = omap_pairs(lua, &a.table(1)?)?;
+        let mut o = obj();
+        for (k, v) in pairs {
+            o.map_set_val(&k, &v).map_err(raise)?;
+        }
+        Ok(())
+    })?;
+    add(scope, t, "objclass.map_get_keys", move |lua, a| {
+        let (after, max) = (a.opt_bytes(1)?, a.max(lua, 2)?);
+        let entries = obj().map_get_vals(&after, b"", max).map_err(raise)?;
+        let out = lua.create_table()?;
+        for (k, _) in entries {
+            out.set(lua.create_string(&k)?, true)?;
+        }
+        Ok(out)
+    })?;
+    add(scope, t, "objclass.map_get_vals", move |lua, a| {
+        let (after, prefix) = (a.opt_bytes(1)?, a.opt_bytes(2)?);
+        let max = a.max(lua, 3)?;
+        let entries = obj().map_get_vals(&after, &prefix, max).map_err(raise)?;
+        let out = lua.create_table()?;
+        for (k, v) in entries {
+            out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
+        }
+        Ok(out)
+    })?;
+    add(scope, t, "objclass.map_remove_key", move |_, a| {
+        obj().map_remove_key(&a.bytes(1)?).map_err(raise)
+    })?;
+    add(scope, t, "objclass.map_clear", move |_, _| {
+        obj().map_clear().map_err(raise)
+    })?;
+    add(scope, t, "objclass.map_read_header", move |lua, _| {
+        let v = obj().map_read_header().map_err(raise)?;
+        Bl::create(lua, v)
+    })?;
+    add(scope, t, "objclass.map_write_header", move |_, a| {
+        obj().map_write_header(&a.bytes(1)?).map_err(raise)
+    })?;
+    Ok(())
+}
+
+/// The entries of a `map_set_vals` table, as Ceph takes them: string or number keys (a
+/// number as Lua writes it), string values (and bufferlists, a lunafs extra); anything
+/// else is -EINVAL and sets nothing.
+fn omap_pairs(lua: &Lua, vals: &Table) -> mlua::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut pairs = Vec::new();
+    for pair in vals.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let key = match &k {
+            Value::String(_) | Value::Integer(_) | Value::Number(_) => {
+                lua.coerce_string(k.clone())?
+            }
+            _ => None,
+        };
+        let Some(key) = key else {
+            return Err(invalid_as_ceph(format!(
+                "map_set_vals: invalid key type ({})",
+                k.type_name()
+            )));
+        };
+        let key = key.as_bytes().to_vec();
+        let value = match &v {
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::UserData(ud) if ud.is::<Bl>() => bytes_of(&v)?,
+            _ => {
+                return Err(invalid_as_ceph(format!(
+                    "map_set_vals: invalid val type ({}) for key ({})",
+                    v.type_name(),
+                    String::from_utf8_lossy(&key)
+                )))
+            }
+        };
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn add_version_functions<'scope, 'env: 'scope, 'o: 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    t: &Table,
+    object: Obj<'env, 'o>,
+) -> mlua::Result<()> {
+    let obj = move || object.borrow_mut();
+    add(scope, t, "objclass.current_version", move |_, _| {
+        obj().current_version().map_err(raise)
+    })?;
+    // A call is the only operation of its "compound op": sub-operation 0.
+    add(scope, t, "objclass.current_subop_num", |_, _| Ok(0))?;
+    add(scope, t, "objclass.current_subop_version", move |_, _| {
+        let v = obj().current_version().map_err(raise)?;
+        Ok(format!("{v}.0"))
+    })?;
+    Ok(())
+}
+
+/// `register(f)`: `f` becomes callable as a method; twice is an error, as in Ceph.
+fn register(registered: &Table, a: Args) -> mlua::Result<()> {
+    let Value::Function(f) = a.get(1) else {
+        return Err(a.bad(1, &format!("function expected, got {}", a.type_of(1))));
     };
-    let text = rest
-        .iter()
-        .map(|v| match v {
-            Value::String(s) => String::from_utf8_lossy(&s.as_bytes()).into_owned(),
-            Value::UserData(ud) => match ud.borrow::<Bl>() {
-                Ok(bl) => String::from_utf8_lossy(bl.bytes()).into_owned(),
-                Err(_) => "<userdata>".into(),
-            },
-            other => other
-                .to_string()
-                .unwrap_or_else(|_| other.type_name().into()),
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
+    if registered.contains_key(f.clone())? {
+        return Err(mlua::Error::runtime(
+            "Cannot register handler more than once",
+        ));
+    }
+    registered.set(f, true)
+}
+
+/// `log([level,] ...)`, as Ceph's: with more than one argument, a first argument that is a
+/// number (or a numeric string) is the level (cut to an integer), unless negative; the
+/// rest are joined with spaces (`true`/`false`, type names for tables, functions,
+/// userdata and nil) and the line is returned. Ceph's levels: lower is more important
+/// (0 error, 1 warn, up to 5 info, the default; up to 10 debug; above that trace).
+fn log(lua: &Lua, site: &Site<'_>, a: Args) -> mlua::Result<MultiValue> {
+    // No arguments: nothing logged and no value returned (not even nil).
+    if a.is_empty() {
+        return Ok(MultiValue::new());
+    }
+    let mut first = 1;
+    let mut level = 5;
+    if a.len() > 1 {
+        if let Some(n) = lua.coerce_number(a.get(1))? {
+            if n.trunc() >= 0.0 {
+                level = n.trunc().min(i64::MAX as f64) as i64;
+                first = 2;
+            }
+        }
+    }
+    let mut parts = Vec::with_capacity(a.len());
+    for i in first..=a.len() {
+        let v = a.get(i);
+        let text = match &v {
+            Value::String(_) | Value::Integer(_) | Value::Number(_) => {
+                lua.coerce_string(v.clone())?.map(|s| s.as_bytes().to_vec())
+            }
+            Value::Boolean(b) => Some(b.to_string().into_bytes()),
+            _ => None,
+        };
+        parts.push(text.unwrap_or_else(|| v.type_name().as_bytes().to_vec()));
+    }
+    let line = parts.join(&b" "[..]);
+    let text = String::from_utf8_lossy(&line);
     let (class, method, object) = (site.class, site.method, site.object.as_str());
     match level {
-        i64::MIN..=0 => tracing::error!(class, method, object, "{text}"),
+        0 => tracing::error!(class, method, object, "{text}"),
         1 => tracing::warn!(class, method, object, "{text}"),
         2..=5 => tracing::info!(class, method, object, "{text}"),
         6..=10 => tracing::debug!(class, method, object, "{text}"),
         _ => tracing::trace!(class, method, object, "{text}"),
     }
+    Ok(MultiValue::from_vec(vec![Value::String(
+        lua.create_string(&line)?,
+    )]))
 }
