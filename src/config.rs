@@ -27,6 +27,8 @@ pub struct MountConfig {
     pub writeback_cache: bool,
     /// FUSE worker threads.
     pub threads: usize,
+    /// Threads that run handler calls (apart from the FUSE workers).
+    pub call_threads: usize,
     /// Kernel mount flags passed through as given (nosuid, nodev, noexec, noatime, ...).
     pub flags: Vec<MountOption>,
     /// Per-call limits of Lua handlers (and notification scripts).
@@ -46,6 +48,7 @@ impl MountConfig {
             attr_timeout: Duration::from_secs(1),
             writeback_cache: true,
             threads: 4,
+            call_threads: 4,
             flags: Vec::new(),
             lua_limits: crate::lua::Limits::default(),
             background_interval: Duration::from_secs(10),
@@ -83,11 +86,10 @@ impl MountConfig {
                 self.attr_timeout = Duration::from_secs_f64(secs);
             }
             ("threads", Some(v)) => {
-                self.threads = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| bad("expected 1 to 64"))?;
+                self.threads = thread_count(v).ok_or_else(|| bad("expected 1 to 64"))?
+            }
+            ("call_threads", Some(v)) => {
+                self.call_threads = thread_count(v).ok_or_else(|| bad("expected 1 to 64"))?
             }
             ("lua_memory", Some(v)) => {
                 self.lua_limits.memory = parse_size(v)
@@ -180,6 +182,11 @@ impl MountConfig {
         c.clone_fd = true;
         c
     }
+}
+
+/// A thread count option: 1 to 64.
+fn thread_count(v: &str) -> Option<usize> {
+    v.parse().ok().filter(|n| (1..=64).contains(n))
 }
 
 /// A byte size: a number with an optional K, M or G suffix (powers of 1024).

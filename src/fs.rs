@@ -13,6 +13,7 @@ pub mod call;
 pub mod control;
 pub mod handles;
 pub mod invoke;
+pub mod pool;
 pub mod scripts;
 pub mod stats;
 
@@ -20,6 +21,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -54,11 +56,14 @@ pub struct LunaFs {
     /// replies, which it updates itself.
     ttl: Duration,
     writeback: bool,
-    stats: Stats,
+    stats: Arc<Stats>,
     mountpoint: String,
     /// Tells the kernel to drop cached pages, attributes and entries that a handler call
     /// changed behind its back; set once the session exists.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// What handler calls need of the mount, and the threads they run on.
+    invoker: Arc<invoke::Invoker>,
+    pool: pool::CallPool,
     /// The notification dispatcher's counters (for stats), once it runs.
     pub delivery: Option<Arc<crate::notify::Counters>>,
 }
@@ -138,20 +143,34 @@ impl LunaFs {
             .into_bytes()
     }
 
-    pub fn new(core: Arc<Core>, config: &MountConfig) -> Self {
+    pub fn new(core: Arc<Core>, config: &MountConfig) -> Result<Self> {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        LunaFs {
+        let stats = Arc::new(Stats::new());
+        let notifier = Arc::new(OnceLock::new());
+        let mountpoint = config.mountpoint.display().to_string();
+        let invoker = Arc::new(invoke::Invoker {
+            core: core.clone(),
+            stats: stats.clone(),
+            notifier: notifier.clone(),
+            writeback: config.writeback_cache.into(),
+            mountpoint: mountpoint.clone(),
+        });
+        let pool = pool::CallPool::new(config.call_threads)
+            .map_err(|e| Error::io("starting the handler-call threads", e))?;
+        Ok(LunaFs {
             core,
             handles: Handles::new(),
             control: Control::new(uid, gid),
             ttl: config.attr_timeout,
             writeback: config.writeback_cache,
-            stats: Stats::new(),
-            mountpoint: config.mountpoint.display().to_string(),
-            notifier: Arc::new(OnceLock::new()),
+            stats,
+            mountpoint,
+            notifier,
+            invoker,
+            pool,
             delivery: None,
-        }
+        })
     }
 
     fn attr(&self, ino: Ino) -> Result<fuser::FileAttr> {
@@ -268,6 +287,7 @@ impl fuser::Filesystem for LunaFs {
                 debug!(?flag, "kernel lacks FUSE capability");
                 if flag == InitFlags::FUSE_WRITEBACK_CACHE {
                     self.writeback = false;
+                    self.invoker.writeback.store(false, Ordering::Relaxed);
                 }
             }
         }
@@ -547,7 +567,7 @@ impl fuser::Filesystem for LunaFs {
                 Some(Handle::Script { data, .. }) => {
                     Ok(control::slice(&data.lock(), offset, size).to_vec())
                 }
-                Some(Handle::Call { exchange }) => Ok(self.read_call(req, exchange, size)),
+                Some(Handle::Call { file }) => return self.read_call(req, file, size, reply),
                 _ => Err(Error::BadHandle(fh.0)),
             }
         } else {
@@ -796,13 +816,22 @@ impl fuser::Filesystem for LunaFs {
             (false, true) => SetMode::Replace,
             (false, false) => SetMode::Upsert,
         };
-        let r = self
-            .writable(ino.0)
-            .and_then(|_| match invoke::xattr_call(raw.as_bytes()) {
-                Some(code) => self.call_by_xattr(req, ino.0, code, value),
-                None => self.core.setxattr(ino.0, raw.as_bytes(), value, mode),
-            });
-        match r {
+        if let Err(e) = self.writable(ino.0) {
+            return reply.error(self.fail(Op::Setxattr, &e));
+        }
+        if let Some((class, method)) = invoke::xattr_call(raw.as_bytes()) {
+            let job = invoke::XattrCall {
+                invoker: self.invoker.clone(),
+                ctx: ctx(req),
+                ino: ino.0,
+                class,
+                method,
+                input: value.to_vec(),
+                reply,
+            };
+            return self.pool.submit(Box::new(job));
+        }
+        match self.core.setxattr(ino.0, raw.as_bytes(), value, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Setxattr, &e)),
         }
@@ -978,7 +1007,7 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let noatime = config.flags.contains(&fuser::MountOption::NoAtime);
     core.set_update_atime(!config.read_only && !noatime);
     let dispatcher = crate::notify::Dispatcher::start(core.clone(), config.background_interval)?;
-    let mut fs = LunaFs::new(core.clone(), config);
+    let mut fs = LunaFs::new(core.clone(), config)?;
     fs.delivery = Some(dispatcher.counters.clone());
     let fuse_config = config.fuser_config();
     let notifier = fs.notifier.clone();
@@ -989,6 +1018,9 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let mountpoint = config.mountpoint.clone();
     crate::telemetry::on_termination(move || {
         let _ = systemd::notify("STOPPING=1");
+        // Running handler calls stop at their next check and commit nothing: nobody will
+        // read their result, and a stuck one must not keep the daemon up.
+        crate::lua::abandon_calls();
         if let Err(e) = unmounter.unmount() {
             // Busy (files open): detach now; the session ends when the last file closes,
             // and every acknowledged write is already in the store.

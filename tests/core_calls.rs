@@ -57,6 +57,8 @@ fn target(ino: u64) -> Target {
         path: None,
         uid: 0,
         may_shrink: true,
+        may_write: true,
+        caller: None,
     }
 }
 

@@ -47,6 +47,12 @@ pub struct Target {
     /// says no when it could not make the kernel's cached size follow (see `fs::invoke`):
     /// such a call fails with EOPNOTSUPP instead of committing.
     pub may_shrink: bool,
+    /// Whether the caller may change the object. A call by path needs only read
+    /// permission to run; one that changed anything without write permission fails with
+    /// EACCES and commits nothing.
+    pub may_write: bool,
+    /// The task whose request made the call (a killed caller's call stops early).
+    pub caller: Option<u32>,
 }
 
 /// The result of a call, and what it changed (for the kernel's caches).
@@ -81,6 +87,27 @@ const MAX_OMAP_KEY: usize = 250;
 
 impl Core {
     pub fn call(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
+        if let Code::Class { class, method } = code {
+            if class == super::ceph::CLASS {
+                return match super::ceph::decode(method, input) {
+                    Some(Ok(eval)) => {
+                        let code = Code::Inline {
+                            script: &eval.script,
+                            method: &eval.handler,
+                        };
+                        self.call(target, code, &eval.input)
+                    }
+                    Some(Err(e)) => Ok(CallReply::unchanged(Outcome::failed(
+                        e.errno(),
+                        e.to_string(),
+                    ))),
+                    None => Ok(CallReply::unchanged(Outcome::failed(
+                        libc::EOPNOTSUPP,
+                        format!("class lua has no method {method:?} (eval_json, eval_bufferlist)"),
+                    ))),
+                };
+            }
+        }
         let (script, class, method) = match code {
             Code::Class { class, method } => match self.class(class)? {
                 Some(s) => (s, class, method),
@@ -128,12 +155,22 @@ impl Core {
             method,
             input,
             class,
+            caller: target.caller,
         };
         let outcome = self.engine.call(&call, &mut txn, &StoreModules(self));
         if outcome.result < 0 {
             tracing::debug!(class, method, object = %describe(target), result = outcome.result,
                 message = outcome.message.as_deref().unwrap_or(""), "handler failed; changes dropped");
             return Ok(CallReply::unchanged(outcome));
+        }
+        if (txn.data_changed || txn.meta_changed) && !target.may_write {
+            return Ok(CallReply::unchanged(Outcome::failed(
+                libc::EACCES,
+                format!(
+                    "{class}.{method} changed {}, which the caller may read but not write",
+                    describe(target)
+                ),
+            )));
         }
         let size_after = txn.inode.size;
         if size_after < size_before && txn.exists && !target.may_shrink {
@@ -333,6 +370,15 @@ impl<'c> ObjectTxn<'c> {
         }
     }
 
+    /// Before a change that creates the object if `remove()` took it, as a write to a
+    /// missing object creates it in Ceph: the object comes back empty, and keeps its name.
+    fn recreate(&mut self) {
+        if !self.exists {
+            self.exists = true;
+            self.meta_changed = true;
+        }
+    }
+
     /// Chunks `first..=last` as the handler sees them.
     fn chunks(&self, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
         let stored_last = match self.cut {
@@ -498,7 +544,6 @@ impl Object for ObjectTxn<'_> {
         }
         self.truncate(0)?;
         self.map_clear()?;
-        self.header = Some(None);
         self.xattrs.clear();
         self.exists = false;
         self.removed = true;
@@ -516,7 +561,7 @@ impl Object for ObjectTxn<'_> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.present()?;
+        self.recreate();
         if data.is_empty() {
             return Ok(());
         }
@@ -544,7 +589,7 @@ impl Object for ObjectTxn<'_> {
     }
 
     fn truncate(&mut self, size: u64) -> Result<()> {
-        self.present()?;
+        self.recreate();
         if size > MAX_FILE_SIZE {
             return Err(Error::FileTooBig(size));
         }
@@ -572,31 +617,35 @@ impl Object for ObjectTxn<'_> {
 
     fn getxattr(&mut self, name: &[u8]) -> Result<Vec<u8>> {
         self.present()?;
+        let missing = || Error::NoAttr(String::from_utf8_lossy(name).into_owned());
         match xname(name)? {
-            XName::Omap(k) => self.map_get_val(k),
+            XName::Omap(k) => {
+                let (store, ino) = (&self.core.store, self.ino());
+                self.omap
+                    .get(k, || store.omap_get(ino, k))?
+                    .ok_or_else(missing)
+            }
             XName::Plain(n) => {
                 let (store, ino) = (&self.core.store, self.ino());
                 self.xattrs
                     .get(n, || store.xattr_get(ino, n))?
-                    .ok_or_else(|| Error::NoAttr(String::from_utf8_lossy(n).into_owned()))
+                    .ok_or_else(missing)
             }
         }
     }
 
+    /// Omap entries under their bare keys (as Ceph scripts name xattrs, and as `getxattr`
+    /// and `setxattr` take them), other namespaces under their full names.
     fn getxattrs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.present()?;
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = self
-            .map_get_vals(b"", b"", usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| ([&b"user."[..], &k].concat(), v))
-            .collect();
+        let mut out = self.map_get_vals(b"", b"", usize::MAX)?;
         let (store, ino) = (&self.core.store, self.ino());
         out.extend(self.xattrs.merged(|| store.xattr_entries(ino))?);
         Ok(out)
     }
 
     fn setxattr(&mut self, name: &[u8], value: &[u8]) -> Result<()> {
-        self.present()?;
+        self.recreate();
         match xname(name)? {
             XName::Omap(k) => self.map_set_val(k, value),
             XName::Plain(n) => {
@@ -630,7 +679,7 @@ impl Object for ObjectTxn<'_> {
     }
 
     fn map_set_val(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.present()?;
+        self.recreate();
         check_omap_key(key)?;
         self.hold(key.len() + value.len(), 0)?;
         self.omap.set(key, Some(value));
@@ -663,9 +712,11 @@ impl Object for ObjectTxn<'_> {
         Ok(())
     }
 
+    /// Ceph's omap_clear: the entries and the header.
     fn map_clear(&mut self) -> Result<()> {
         self.present()?;
         self.omap.clear();
+        self.header = Some(None);
         self.meta_changed = true;
         Ok(())
     }
@@ -680,7 +731,7 @@ impl Object for ObjectTxn<'_> {
     }
 
     fn map_write_header(&mut self, value: &[u8]) -> Result<()> {
-        self.present()?;
+        self.recreate();
         self.header = Some(Some(value.to_vec()));
         self.meta_changed = true;
         Ok(())

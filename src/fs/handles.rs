@@ -10,8 +10,8 @@ use std::sync::Arc;
 use fuser::FileType;
 use parking_lot::Mutex;
 
-use super::call::Exchange;
 use super::control::Node;
+use super::invoke::CallFile;
 use crate::store::keys::Ino;
 
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub enum Handle {
         dirty: AtomicBool,
     },
     /// An open `/.lunafs/call`.
-    Call { exchange: Mutex<Exchange> },
+    Call { file: Arc<Mutex<CallFile>> },
 }
 
 pub struct Handles {

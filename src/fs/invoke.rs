@@ -1,9 +1,12 @@
-//! Running handler calls from FUSE requests: `setfattr -n user.cls.CLASS.METHOD -v INPUT`
-//! (setfattr fails with the handler's errno; its output is dropped) and `/.lunafs/call`
-//! requests (result, output and message in the response). Calls by path check the caller's
-//! access as the kernel would for a write: search permission on every directory on the way
-//! and write permission on the object. Afterwards the kernel is told to drop what it cached
-//! of anything the call changed, since the change did not come through its page cache.
+//! Running handler calls from FUSE requests, on the call pool (`pool`): `setfattr -n
+//! user.cls.CLASS.METHOD -v INPUT` (setfattr fails with the handler's errno; its output is
+//! dropped) and `/.lunafs/call` requests (result, output and message in the response).
+//!
+//! Calls by path check the caller's access as the kernel would: search permission on every
+//! directory on the way and read permission on the object to run a call; a call that then
+//! changed the object also needs write permission, or it fails with EACCES and commits
+//! nothing (`core` enforces that). Afterwards the kernel is told to drop what it cached of
+//! anything the call changed, since the change did not come through its page cache.
 //!
 //! The size needs more: with the writeback cache (the default) the kernel trusts its own
 //! cached size of a regular file over ours, whatever we invalidate. A call that grew the
@@ -15,13 +18,19 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use fuser::{AccessFlags, INodeNo, Request};
+use fuser::{AccessFlags, INodeNo, ReplyData, ReplyEmpty};
+use parking_lot::Mutex;
 
 use super::attr::file_attr;
-use super::call::{self, What};
-use super::{permits, LunaFs};
+use super::call::{self, Exchange, What};
+use super::pool::Job;
+use super::stats::{Op, Stats};
+use super::{permits, Errno};
 use crate::core::call::{CallReply, Code, Target};
+use crate::core::{Core, Ctx};
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
 
@@ -35,32 +44,164 @@ pub fn xattr_call(name: &[u8]) -> Option<(String, String)> {
     (!class.is_empty() && !method.is_empty()).then(|| (class.to_string(), method.to_string()))
 }
 
-impl LunaFs {
-    pub(super) fn call_by_xattr(
+/// What a call from a FUSE request needs of the mount, shared with the pool's threads.
+pub struct Invoker {
+    pub core: Arc<Core>,
+    pub stats: Arc<Stats>,
+    /// Set once the session exists.
+    pub notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Whether the kernel keeps a writeback cache (known after FUSE init).
+    pub writeback: AtomicBool,
+    pub mountpoint: String,
+}
+
+/// An open `/.lunafs/call`: the protocol state, and the reads that arrived while its call
+/// ran (answered from the response once it is there).
+#[derive(Default)]
+pub struct CallFile {
+    pub exchange: Exchange,
+    running: bool,
+    waiting: Vec<(ReplyData, u32)>,
+}
+
+impl CallFile {
+    /// A write of request bytes; refused while the previous request's call runs.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.running {
+            return Err(Error::Busy(
+                "/.lunafs/call: the previous call is still running".into(),
+            ));
+        }
+        self.exchange.write(data)
+    }
+}
+
+/// A `user.cls.CLASS.METHOD` setxattr, queued.
+pub struct XattrCall {
+    pub invoker: Arc<Invoker>,
+    pub ctx: Ctx,
+    pub ino: Ino,
+    pub class: String,
+    pub method: String,
+    pub input: Vec<u8>,
+    pub reply: ReplyEmpty,
+}
+
+impl Job for XattrCall {
+    fn run(self: Box<Self>) {
+        let r = self.invoker.call_by_xattr(
+            self.ctx,
+            self.ino,
+            (&self.class, &self.method),
+            &self.input,
+        );
+        match r {
+            Ok(()) => self.reply.ok(),
+            Err(e) => {
+                self.invoker.stats.error(Op::Setxattr);
+                tracing::debug!(error = %e, "handler call by setxattr failed");
+                self.reply.error(Errno::from_i32(e.errno()))
+            }
+        }
+    }
+
+    fn refuse(self: Box<Self>, errno: i32) {
+        self.reply.error(Errno::from_i32(errno));
+    }
+}
+
+/// The read that runs a complete `/.lunafs/call` request, queued.
+pub struct FileCall {
+    pub invoker: Arc<Invoker>,
+    pub ctx: Ctx,
+    pub file: Arc<Mutex<CallFile>>,
+    pub request: call::Request,
+    pub size: u32,
+    pub reply: ReplyData,
+}
+
+impl FileCall {
+    /// Stores the response and answers this read and any that waited for it.
+    fn finish(self, response: Vec<u8>) {
+        let mut file = self.file.lock();
+        file.exchange.respond(response);
+        file.running = false;
+        let first = file.exchange.read(self.size as usize);
+        self.invoker.stats.read(first.len());
+        self.reply.data(&first);
+        for (reply, size) in std::mem::take(&mut file.waiting) {
+            let data = file.exchange.read(size as usize);
+            self.invoker.stats.read(data.len());
+            reply.data(&data);
+        }
+    }
+}
+
+impl Job for FileCall {
+    fn run(self: Box<Self>) {
+        let response = self.invoker.run_request(self.ctx, &self.request);
+        self.finish(response);
+    }
+
+    fn refuse(self: Box<Self>, errno: i32) {
+        let message = "the handler-call queue is full; try again";
+        self.finish(call::response(-errno, b"", message));
+    }
+}
+
+/// What a read of an open `/.lunafs/call` does: answer now from the response, wait for a
+/// call that is running, or start the call a complete request is waiting for.
+pub enum CallRead {
+    Answered,
+    Start(call::Request, ReplyData),
+}
+
+impl CallFile {
+    pub fn read(&mut self, size: u32, reply: ReplyData) -> CallRead {
+        if self.running {
+            self.waiting.push((reply, size));
+            return CallRead::Answered;
+        }
+        if let Some(request) = self.exchange.take_pending() {
+            self.running = true;
+            return CallRead::Start(request, reply);
+        }
+        reply.data(&self.exchange.read(size as usize));
+        CallRead::Answered
+    }
+}
+
+impl Invoker {
+    fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    fn call_by_xattr(
         &self,
-        req: &Request,
+        ctx: Ctx,
         ino: Ino,
-        (class, method): (String, String),
+        (class, method): (&str, &str),
         input: &[u8],
     ) -> Result<()> {
+        // The kernel checked write access for the setxattr itself.
         let target = Target {
             ino,
             entry: None,
             path: None,
-            uid: req.uid(),
-            may_shrink: !self.writeback,
+            uid: ctx.uid,
+            may_shrink: !self.writeback(),
+            may_write: true,
+            caller: Some(ctx.pid),
         };
-        let code = Code::Class {
-            class: &class,
-            method: &method,
-        };
-        let reply = self.core.call(&target, code, input)?;
+        let reply = self
+            .core
+            .call(&target, Code::Class { class, method }, input)?;
         self.after_call(&target, &reply);
         let outcome = reply.outcome;
         if outcome.result < 0 {
             return Err(Error::Handler {
                 what: format!("{class}.{method} on inode {ino}"),
-                errno: -outcome.result,
+                errno: outcome.result.checked_neg().unwrap_or(i32::MAX),
                 message: outcome.message.unwrap_or_default(),
             });
         }
@@ -68,8 +209,8 @@ impl LunaFs {
     }
 
     /// Runs one `/.lunafs/call` request and returns the encoded response.
-    pub(super) fn run_request(&self, req: &Request, request: &call::Request) -> Vec<u8> {
-        let result = self.resolve(req, &request.path).and_then(|target| {
+    fn run_request(&self, ctx: Ctx, request: &call::Request) -> Vec<u8> {
+        let result = self.resolve(ctx, &request.path).and_then(|target| {
             let code = match &request.what {
                 What::Exec { class, method } => Code::Class { class, method },
                 What::Eval { method, script } => Code::Inline { script, method },
@@ -90,17 +231,18 @@ impl LunaFs {
         }
     }
 
-    /// The object at `path`, if the caller may write it.
-    fn resolve(&self, req: &Request, path: &[u8]) -> Result<Target> {
+    /// The object at `path`, if the caller may read it.
+    fn resolve(&self, ctx: Ctx, path: &[u8]) -> Result<Target> {
         let walked = self.core.walk(path)?;
         let shown = || String::from_utf8_lossy(path).into_owned();
-        let (uid, gid) = (req.uid(), req.gid());
+        let (uid, gid) = (ctx.uid, ctx.gid);
         for dir in &walked.dirs {
             if !permits(&file_attr(dir), uid, gid, AccessFlags::X_OK) {
                 return Err(Error::AccessDenied(shown()));
             }
         }
-        if !permits(&file_attr(&walked.inode), uid, gid, AccessFlags::W_OK) {
+        let attr = file_attr(&walked.inode);
+        if !permits(&attr, uid, gid, AccessFlags::R_OK) {
             return Err(Error::AccessDenied(shown()));
         }
         Ok(Target {
@@ -109,6 +251,8 @@ impl LunaFs {
             path: Some(path.to_vec()),
             uid,
             may_shrink: true,
+            may_write: permits(&attr, uid, gid, AccessFlags::W_OK),
+            caller: Some(ctx.pid),
         })
     }
 
@@ -126,7 +270,7 @@ impl LunaFs {
             if let Err(e) = notifier.inval_inode(INodeNo(target.ino), offset, 0) {
                 tracing::debug!(ino = target.ino, error = %e, "invalidating the inode failed");
             }
-            if self.writeback {
+            if self.writeback() {
                 self.resize_kernel_copy(notifier, target, reply.sizes);
             }
         }
@@ -137,9 +281,7 @@ impl LunaFs {
             }
         }
     }
-}
 
-impl LunaFs {
     /// Makes the kernel's cached size follow a call's change of it (writeback cache only).
     fn resize_kernel_copy(&self, notifier: &fuser::Notifier, target: &Target, sizes: (u64, u64)) {
         let (before, after) = sizes;
@@ -154,10 +296,10 @@ impl LunaFs {
             }
         } else if after < before {
             let Some(rel) = &target.path else { return };
-            // Through the mount from another thread: the kernel sends us a setattr to the
-            // size the store already has, on another worker thread. Waited for, so the
-            // caller sees the new size once its call returns; bounded, so a mount with a
-            // single worker thread (which would serve it only after this request) goes on.
+            // Through the mount: the kernel sends us a setattr to the size the store
+            // already has, which a FUSE worker serves (this runs on a pool thread). Waited
+            // for, so the caller sees the new size once its call returns; bounded, in case
+            // the workers are all busy.
             let rel_path = std::path::Path::new(OsStr::from_bytes(rel));
             let path = std::path::Path::new(&self.mountpoint)
                 .join(rel_path.strip_prefix("/").unwrap_or(rel_path));

@@ -3,14 +3,15 @@
 //! tree holds and how names map to classes and modules is `control`'s.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use fuser::{FileAttr, OpenFlags, Request};
+use fuser::{FileAttr, OpenFlags, ReplyData, Request};
 
 use parking_lot::Mutex;
 
-use super::call::Exchange;
 use super::control::Node;
 use super::handles::Handle;
+use super::invoke::{CallFile, CallRead, FileCall};
 use super::LunaFs;
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
@@ -26,7 +27,7 @@ impl LunaFs {
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let handle = match node {
             Node::Call => Handle::Call {
-                exchange: Default::default(),
+                file: Default::default(),
             },
             Node::Stats if !writing => Handle::Control {
                 data: self.stats_json(),
@@ -90,15 +91,28 @@ impl LunaFs {
         Ok(())
     }
 
-    /// read(2) of `/.lunafs/call`: runs the call a complete request is waiting for (as the
-    /// reader: the file's opener), then returns the next bytes of the response.
-    pub(super) fn read_call(&self, req: &Request, exchange: &Mutex<Exchange>, len: u32) -> Vec<u8> {
-        let mut exchange = exchange.lock();
-        if let Some(request) = exchange.take_pending() {
-            let response = self.run_request(req, &request);
-            exchange.respond(response);
+    /// read(2) of `/.lunafs/call`: hands the call a complete request is waiting for to
+    /// the call pool (run as the reader: the file's opener), which answers with the first
+    /// bytes of the response; otherwise answers with the next bytes of the response.
+    pub(super) fn read_call(
+        &self,
+        req: &Request,
+        file: &Arc<Mutex<CallFile>>,
+        size: u32,
+        reply: ReplyData,
+    ) {
+        let start = file.lock().read(size, reply);
+        if let CallRead::Start(request, reply) = start {
+            let job = FileCall {
+                invoker: self.invoker.clone(),
+                ctx: super::ctx(req),
+                file: file.clone(),
+                request,
+                size,
+                reply,
+            };
+            self.pool.submit(Box::new(job));
         }
-        exchange.read(len as usize)
     }
 
     /// write(2) to a control file.
@@ -120,8 +134,8 @@ impl LunaFs {
                 dirty.store(true, Ordering::Relaxed);
                 Ok(data.len())
             }
-            Some(Handle::Call { exchange }) => {
-                exchange.lock().write(data)?;
+            Some(Handle::Call { file }) => {
+                file.lock().write(data)?;
                 Ok(data.len())
             }
             Some(_) => Err(Error::NotPermitted("/.lunafs: read-only file".into())),
@@ -142,6 +156,10 @@ impl LunaFs {
         self.control
             .store(&self.core, node, &data)
             .inspect_err(|e| {
+                // Still unstored: every later close of the file reports the refusal too.
+                // (A child that inherited the descriptor may close it first, and its close
+                // must not leave the writer's close to succeed.)
+                dirty.store(true, Ordering::Relaxed);
                 tracing::warn!(file = ?node, error = %e, "refused a /.lunafs file");
             })
     }

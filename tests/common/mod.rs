@@ -123,23 +123,7 @@ impl TestFs {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // Tests run in parallel threads of one process: a child that another thread forks
-        // holds copies of this thread's descriptors until it execs (CLOEXEC acts only then),
-        // so the mount can be busy for a moment after the last close. Retry briefly.
-        let mut tries = 0;
-        let out = loop {
-            let out = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .output()
-                .unwrap();
-            let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
-            if out.status.success() || !busy || tries == 50 {
-                break out;
-            }
-            tries += 1;
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let out = fusermount_u(&self.mnt);
         assert!(
             out.status.success(),
             "fusermount3 -u: {}",
@@ -196,13 +180,31 @@ impl TestFs {
     }
 }
 
+/// `fusermount3 -u`, retried while the mount is busy. Tests run in parallel threads of one
+/// process: a child that another thread forks holds copies of this thread's descriptors
+/// until it execs (CLOEXEC acts only then), so the mount can be busy for a moment after
+/// the last close.
+fn fusermount_u(mnt: &Path) -> Output {
+    let mut tries = 0;
+    loop {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .output()
+            .unwrap();
+        let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+        if out.status.success() || !busy || tries == 50 {
+            return out;
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Drop for TestFs {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .output();
+            let _ = fusermount_u(&self.mnt);
             if wait_timeout(&mut child, Duration::from_secs(30)).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
