@@ -217,10 +217,17 @@ impl Worker {
         let _entered = handle.enter();
         tracing::debug!("dispatcher started");
         while !signal.stop.load(Ordering::Relaxed) {
-            let busy = match self.round() {
-                Ok(n) => n > 0,
-                Err(e) => {
+            // A bug met by one round (one topic's odd state) must not end delivery for
+            // every topic: the round is logged and the next one starts from the queue.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.round()));
+            let busy = match round {
+                Ok(Ok(n)) => n > 0,
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "dispatcher round failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::error!("dispatcher round panicked; continuing with the next round");
                     false
                 }
             };
@@ -444,7 +451,7 @@ impl Worker {
             let topic = topics
                 .get(&m.topic)
                 .ok_or_else(|| format!("no topic {}", m.topic))?;
-            let client = self.connection(topic);
+            let client = self.connection(topic)?;
             if client.connection_state() != async_nats::connection::State::Connected {
                 return Err(format!("not connected to {}", topic.url));
             }
@@ -494,7 +501,9 @@ impl Worker {
             let mut result = Ok(());
             for key in &s.conns {
                 let r = flushed.entry(key.clone()).or_insert_with(|| {
-                    let c = self.conns.get(key).cloned().expect("published on it");
+                    let Some(c) = self.conns.get(key).cloned() else {
+                        return Err("the connection went away before its flush".to_string());
+                    };
                     self.rt
                         .block_on(async { tokio::time::timeout(PUBLISH_TIMEOUT, c.flush()).await })
                         .map_err(|_| "flush timed out".to_string())
@@ -553,8 +562,9 @@ impl Worker {
 
     /// Whether the topic's connection is up; if not, it is marked down (`Worker::down`).
     fn connected(&mut self, topic: &Topic) -> bool {
-        let up =
-            self.connection(topic).connection_state() == async_nats::connection::State::Connected;
+        let up = self
+            .connection(topic)
+            .is_ok_and(|c| c.connection_state() == async_nats::connection::State::Connected);
         if !up {
             self.down.insert(topic.connection_key());
         }
@@ -562,11 +572,12 @@ impl Worker {
     }
 
     /// The held connection for a topic's server and credentials, made on first use. It
-    /// connects and reconnects in the background, forever.
-    fn connection(&mut self, topic: &Topic) -> Client {
+    /// connects and reconnects in the background, forever. Err only for an address that
+    /// cannot be used at all (topics are checked when written, so only a damaged one).
+    fn connection(&mut self, topic: &Topic) -> std::result::Result<Client, String> {
         let key = topic.connection_key();
         if let Some(c) = self.conns.get(&key) {
-            return c.clone();
+            return Ok(c.clone());
         }
         let signal = self.signal.clone();
         let mut opts = async_nats::ConnectOptions::new()
@@ -590,7 +601,7 @@ impl Worker {
         let client = self
             .rt
             .block_on(async move { opts.connect(url).await })
-            .expect("retry_on_initial_connect returns a client at once");
+            .map_err(|e| format!("topic {}: cannot use {}: {e}", topic.name, topic.url))?;
         // Give a server that is up a moment to answer, so the first round can publish.
         let probe = client.clone();
         self.rt.block_on(async move {
@@ -602,7 +613,7 @@ impl Worker {
             }
         });
         self.conns.insert(key, client.clone());
-        client
+        Ok(client)
     }
 
     /// One run of the background script, if there is one; its messages go out at once.

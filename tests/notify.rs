@@ -694,3 +694,50 @@ fn a_child_closing_an_inherited_descriptor_does_not_make_an_early_put() {
     assert_eq!(got.len(), 1, "one Put");
     assert_eq!(got[0].record()["s3"]["object"]["size"], 5);
 }
+
+#[test]
+fn a_topic_url_that_does_not_parse_is_refused_and_delivery_goes_on() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "ok.>");
+    let fs = TestFs::mount();
+    fs.bucket("b");
+    for bad in [
+        "nats://h:99999",
+        "nats://h:0",
+        "nats://:4222",
+        "http://h:4222",
+    ] {
+        let e = write_closed(
+            fs.path(".lunafs/topics/bad.toml"),
+            &format!("url = \"{bad}\"\nsubject = \"s\"\n"),
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad}");
+    }
+    assert!(
+        !fs.path(".lunafs/topics/bad.toml").exists(),
+        "nothing stored"
+    );
+    let out = Command::new(common::LUNAFS)
+        .args([
+            "topic",
+            "put",
+            "bad",
+            "--url",
+            "nats://h:99999",
+            "--subject",
+            "s",
+            "-m",
+        ])
+        .arg(&fs.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("url") && err.contains("99999"), "{err}");
+    // The dispatcher never saw them and delivers as usual.
+    topic(&fs, "good", &nats, "ok.b", "");
+    notifications(&fs, "b", &all_events("n", "good"));
+    fs::write(fs.path("b/f"), b"x").unwrap();
+    assert_eq!(sub.take(1, WAIT).len(), 1);
+}

@@ -809,6 +809,12 @@ impl Core {
         let mut cur = parent;
         let mut bucket = None;
         while cur != ROOT {
+            // A damaged parent pointer could make a cycle: never walk forever.
+            if parts.len() > 4096 {
+                return Err(Error::Corrupt(format!(
+                    "inode {parent}: no path to the root"
+                )));
+            }
             let dir = self.getattr(cur)?;
             parts.push(self.name_in(dir.parent, cur)?);
             cur = dir.parent;

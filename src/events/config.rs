@@ -195,6 +195,39 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// A topic's server address, checked when the topic is written so the dispatcher never
+/// meets one it cannot connect to: `nats://HOST[:PORT]` (port 1-65535, 4222 by default).
+fn nats_url(f: &Fields<'_>, url: String) -> Result<String> {
+    let bad = |why: &str| f.bad("url", &format!("{url:?}: {why}"));
+    let Some(rest) = url.strip_prefix("nats://") else {
+        return Err(bad("expected nats://HOST:PORT"));
+    };
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        // An IPv6 address: [::1] or [::1]:4222.
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => (h, p.strip_prefix(':').or(Some("x"))),
+            None => ("", None),
+        },
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    if host.is_empty() || host.contains(['/', ' ', ',']) {
+        return Err(bad("expected nats://HOST:PORT with a host name or address"));
+    }
+    if let Some(p) = port {
+        if !p.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(bad("the port must be a number from 1 to 65535"));
+        }
+    }
+    url.parse::<async_nats::ServerAddr>()
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(url)
+}
+
 /// Parses topic `name` from its TOML text.
 pub fn parse_topic(name: &str, text: &str) -> Result<Topic> {
     check_name(name, "topic")?;
@@ -202,9 +235,7 @@ pub fn parse_topic(name: &str, text: &str) -> Result<Topic> {
     let t = table(text, &what)?;
     let mut f = Fields::new(what, &t);
     let url = f.required("url")?;
-    if !url.starts_with("nats://") {
-        return Err(f.bad("url", "expected nats://HOST:PORT"));
-    }
+    let url = nats_url(&f, url)?;
     let topic = Topic {
         name: name.to_string(),
         url,
@@ -349,6 +380,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("unknown field \"subjct\""), "{e}");
+        for bad in [
+            "nats://h:99999",
+            "nats://h:0",
+            "nats://h:x",
+            "nats://:4222",
+            "nats://a b:1",
+        ] {
+            let e = parse_topic("t1", &format!("url = {bad:?}\nsubject = \"s\"\n")).unwrap_err();
+            assert!(e.to_string().contains("url"), "{bad}: {e}");
+            assert_eq!(e.errno(), libc::EINVAL);
+        }
         let e = parse_topic("t1", "url = \"http://h\"\nsubject = \"s\"\n").unwrap_err();
         assert!(e.to_string().contains("nats://"), "{e}");
         assert!(parse_topic("../x", "").is_err());
