@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 contrib/install-deps.sh
 [ -e /dev/fuse ] || { echo "/dev/fuse is missing: FUSE tests cannot run" >&2; exit 1; }
 contrib/install.sh --helpers   # mount.fuse.lunafs, for the `mount -t fuse.lunafs` test
-cargo build --tests --locked
-cargo test --locked -- --test-threads="${LUNAFS_TEST_THREADS:-4}"
+cargo build --release --tests --locked
+cargo test --release --locked -- --test-threads="${LUNAFS_TEST_THREADS:-4}"
