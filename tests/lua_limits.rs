@@ -61,6 +61,22 @@ function sort_lying(input, output)
   table.sort(t, function(a, b) flip = not flip return flip end)
   output:append(#t)
 end
+function load_reader_bomb(input, output)
+  local s = string.rep("x", 1 << 24)
+  load(function() return s end)
+end
+function nested_gsub(input, output)
+  -- Each level holds 8 MiB of output while the next one runs.
+  local big = string.rep("x", 8 << 20)
+  local function deep(n)
+    if n == 0 then return "z" end
+    return (big:gsub("x$", function() return deep(n - 1) end))
+  end
+  deep(100)
+end
+function unpack_nils(input, output)
+  cmsgpack.unpack(string.rep("\192", 30 << 20))
+end
 function noop(input, output) end
 function bump(input, output) objclass.map_set_val("n", "1") end
 function look(input, output) output:append(objclass.read(0, 0):str()) end
@@ -76,6 +92,9 @@ objclass.register(insert_long)
 objclass.register(remove_long)
 objclass.register(sort_in_c)
 objclass.register(sort_lying)
+objclass.register(load_reader_bomb)
+objclass.register(nested_gsub)
+objclass.register(unpack_nils)
 objclass.register(noop)
 objclass.register(bump)
 objclass.register(look)
@@ -107,8 +126,12 @@ fn library_code_stops_at_the_calls_limits() {
         assert_eq!(r.result, -libc::ETIMEDOUT, "{method}: {r:?}");
         assert!(r.message.contains("time limit"), "{method}: {r:?}");
     }
-    let r = fs.call("b/obj", "hostile.rep_huge", b"");
-    assert_eq!(r.result, -libc::ENOMEM, "{r:?}");
+    for method in ["rep_huge", "load_reader_bomb", "nested_gsub"] {
+        let r = fs.call("b/obj", &format!("hostile.{method}"), b"");
+        assert_eq!(r.result, -libc::ENOMEM, "{method}: {r:?}");
+    }
+    let r = fs.call("b/obj", "hostile.unpack_nils", b"");
+    assert!(r.result < 0, "{r:?}");
     let r = fs.call("b/obj", "hostile.sort_in_c", b"");
     assert_eq!(r.result, -libc::ENOMEM, "a copy of 2^31 elements: {r:?}");
     let r = fs.call("b/obj", "hostile.rep_empty", b"");

@@ -48,21 +48,55 @@ impl Locks {
     }
 
     /// Locks every inode of `inos` (duplicates allowed) until the returned guard drops.
+    /// Never waits for one lock while holding another: if one is taken, the ones already
+    /// held are let go, that one is waited for, and all are tried again. So an operation
+    /// waiting behind a long handler call on a file (unlink, rename) does not hold its
+    /// directory meanwhile, and other operations in the directory go on.
     pub fn lock(&self, inos: &[Ino]) -> Held<'_> {
         let mut sorted = inos.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        let guards = sorted
-            .into_iter()
-            .map(|ino| {
-                let lock = self.shard(ino).lock().entry(ino).or_default().clone();
-                (ino, lock.lock_arc())
-            })
-            .collect();
-        Held {
-            locks: self,
-            guards,
+        let entry = |ino: Ino| self.shard(ino).lock().entry(ino).or_default().clone();
+        loop {
+            let mut held = Held {
+                locks: self,
+                guards: Vec::with_capacity(sorted.len()),
+            };
+            let mut busy = None;
+            for &ino in &sorted {
+                let lock = entry(ino);
+                match lock.try_lock_arc() {
+                    Some(g) => held.guards.push((ino, g)),
+                    None => {
+                        busy = Some((ino, lock));
+                        break;
+                    }
+                }
+            }
+            let Some((ino, lock)) = busy else {
+                return held;
+            };
+            drop(held);
+            if sorted.len() == 1 {
+                return Held {
+                    locks: self,
+                    guards: vec![(ino, lock.lock_arc())],
+                };
+            }
+            // Wait until it is free, then start over (someone may take it again first).
+            drop(lock.lock_arc());
+            self.forget(ino, lock);
         }
+    }
+
+    /// Drops our reference to `ino`'s lock, and its table entry if nobody else uses it.
+    fn forget(&self, ino: Ino, lock: std::sync::Arc<Mutex<()>>) {
+        let mut shard = self.shard(ino).lock();
+        // The table's reference and ours: nobody else holds or waits for it.
+        if Arc::strong_count(&lock) == 2 {
+            shard.remove(&ino);
+        }
+        drop(lock);
     }
 
     /// How many inodes have a lock entry (held or waited for).
@@ -77,11 +111,7 @@ impl Drop for Held<'_> {
         for (ino, guard) in self.guards.drain(..) {
             let lock = ArcMutexGuard::mutex(&guard).clone();
             drop(guard);
-            let mut shard = self.locks.shard(ino).lock();
-            // The table's reference and ours: nobody else holds or waits for it.
-            if Arc::strong_count(&lock) == 2 {
-                shard.remove(&ino);
-            }
+            self.locks.forget(ino, lock);
         }
     }
 }

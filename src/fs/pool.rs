@@ -59,7 +59,14 @@ fn work(jobs: &Mutex<Receiver<Box<dyn Job>>>) {
         // One thread waits on the queue at a time; the others wait for the lock.
         let job = jobs.lock().recv();
         match job {
-            Ok(job) => job.run(),
+            // A bug in one call must not take a thread from every later one; the job's
+            // reply is answered by its drop (fuser answers EIO for a dropped reply).
+            Ok(job) => {
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+                if run.is_err() {
+                    tracing::error!("a handler call panicked; its caller gets EIO");
+                }
+            }
             Err(_) => return,
         }
     }

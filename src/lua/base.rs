@@ -14,6 +14,7 @@
 use mlua::{chunk::ChunkMode, Function, Lua, Table, Value};
 
 use super::args::{define, Args};
+use super::budget;
 use super::errors::classify_caught;
 
 /// The registry slot holding the running call's environment (for `load`).
@@ -85,15 +86,22 @@ pub fn install(lua: &Lua, base: &Table, globals: &Table) -> mlua::Result<()> {
 
 /// `load(chunk [, chunkname [, mode [, env]]])`: a function, or nil and the message.
 fn load(lua: &Lua, a: Args) -> mlua::Result<(Value, Option<String>)> {
-    let source = match a.get(1) {
-        Value::String(s) => s.as_bytes().to_vec(),
+    // A string chunk is on the Lua heap already; the pieces a reader returns are gathered
+    // here, charged to the call.
+    let mut gathered = budget::Buffer::new();
+    let chunk = a.get(1);
+    let text;
+    let source: &[u8] = match &chunk {
+        Value::String(s) => {
+            text = s.as_bytes();
+            &text
+        }
         Value::Function(reader) => {
-            let mut source = Vec::new();
             loop {
                 match reader.call::<Value>(())? {
                     Value::Nil => break,
                     Value::String(s) if s.as_bytes().is_empty() => break,
-                    Value::String(s) => source.extend_from_slice(&s.as_bytes()),
+                    Value::String(s) => gathered.extend(lua, &s.as_bytes())?,
                     _ => {
                         return Ok((
                             Value::Nil,
@@ -102,13 +110,17 @@ fn load(lua: &Lua, a: Args) -> mlua::Result<(Value, Option<String>)> {
                     }
                 }
             }
-            source
+            gathered.bytes()
         }
         _ => return Err(a.bad(1, &format!("string expected, got {}", a.type_of(1)))),
     };
+    // Compiling is linear in the source, in C: its cost is charged before it starts.
+    if !budget::keep_going(u32::try_from(source.len() / 16).unwrap_or(u32::MAX)) {
+        return Err(budget::limit_error());
+    }
     let name = match a.get(2) {
         Value::Nil if matches!(a.get(1), Value::String(_)) => {
-            String::from_utf8_lossy(&source).into_owned()
+            String::from_utf8_lossy(source).into_owned()
         }
         Value::Nil => "=(load)".into(),
         _ => a.string(lua, 2)?.to_string_lossy(),
@@ -147,6 +159,11 @@ fn collectgarbage(lua: &Lua, a: Args) -> mlua::Result<Value> {
     };
     match opt.as_str() {
         "collect" => {
+            // A full collection is linear in the heap, in C: charged before it runs.
+            let heap = u32::try_from(lua.used_memory() / 64).unwrap_or(u32::MAX);
+            if !budget::keep_going(heap) {
+                return Err(budget::limit_error());
+            }
             lua.gc_collect()?;
             Ok(Value::Integer(0))
         }

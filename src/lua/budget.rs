@@ -54,9 +54,11 @@ impl Trip {
 }
 
 struct Budget {
-    /// Bytes held by live bufferlists and images of this thread's VM.
+    /// Bytes held by live bufferlists, images and library buffers of this thread's VM.
     held: Cell<usize>,
     memory: Cell<usize>,
+    /// The Lua heap's size when the call started (its growth counts against `memory`).
+    heap_baseline: Cell<usize>,
     instructions_left: Cell<i64>,
     /// None outside a call: then everything may run (VM set-up code).
     deadline: Cell<Option<Instant>>,
@@ -71,6 +73,7 @@ thread_local! {
         Budget {
             held: Cell::new(0),
             memory: Cell::new(usize::MAX),
+            heap_baseline: Cell::new(0),
             instructions_left: Cell::new(i64::MAX),
             deadline: Cell::new(None),
             tripped: Cell::new(None),
@@ -87,29 +90,56 @@ pub fn abandon_all() {
     SHUTDOWN.store(true, Ordering::Relaxed);
 }
 
-/// Starts a call's budget on this thread.
-pub(super) fn start(limits: &Limits, caller: Option<u32>) {
+/// Starts a call's budget on this thread, the Lua heap being `heap` bytes. A caller of pid
+/// 0 (one the kernel could not name in our pid namespace) or whose /proc entry we may not
+/// read is not watched: it cannot be told from a dead one.
+pub(super) fn start(limits: &Limits, caller: Option<u32>, heap: usize) {
+    let caller = caller.filter(|&tid| tid != 0 && watchable(tid));
     BUDGET.with(|b| {
         b.memory.set(limits.memory);
+        b.heap_baseline.set(heap);
         b.instructions_left
             .set(i64::try_from(limits.instructions).unwrap_or(i64::MAX));
         let now = Instant::now();
         b.deadline.set(Some(now + limits.time));
-        // A call that starts while the daemon stops is abandoned before it can commit.
-        b.tripped
-            .set(SHUTDOWN.load(Ordering::Relaxed).then_some(Trip::Shutdown));
+        b.tripped.set(None);
         b.caller.set(caller);
         b.next_caller_check.set(Some(now + CALLER_CHECK_EVERY));
     });
+    // A call that starts while the daemon stops, or after its caller was killed while it
+    // waited in the queue, is abandoned before it runs.
+    check_now();
 }
 
-/// Ends the call's budget; the limit it tripped, if any.
+/// Ends the call's budget; the limit it tripped, if any. The shutdown and the caller are
+/// checked once more, so a call that ran too briefly to meet a check still commits nothing
+/// once nobody waits for it.
 pub(super) fn finish() -> Option<Trip> {
+    check_now();
     BUDGET.with(|b| {
         b.deadline.set(None);
         b.caller.set(None);
         b.tripped.take()
     })
+}
+
+/// Checks the shutdown and the caller now, whenever the last check was.
+fn check_now() {
+    BUDGET.with(|b| {
+        if b.tripped.get().is_some() {
+            return;
+        }
+        if SHUTDOWN.load(Ordering::Relaxed) {
+            b.tripped.set(Some(Trip::Shutdown));
+        } else if b.caller.get().is_some_and(caller_gone) {
+            b.tripped.set(Some(Trip::CallerGone));
+        }
+    });
+}
+
+/// Whether calls are being abandoned (the daemon is stopping).
+pub fn abandoned() -> bool {
+    SHUTDOWN.load(Ordering::Relaxed)
 }
 
 pub(super) fn tripped() -> Option<Trip> {
@@ -165,6 +195,11 @@ fn caller_check_due(b: &Budget, now: Instant) -> Option<u32> {
     Some(tid)
 }
 
+/// Whether task `tid`'s state can be read at all.
+fn watchable(tid: u32) -> bool {
+    std::fs::metadata(format!("/proc/{tid}/status")).is_ok()
+}
+
 /// Whether task `tid` is gone or dying: it no longer exists, or a SIGKILL is pending on
 /// it. The kernel also marks SIGKILL pending on every thread of a process that a fatal
 /// signal (an unhandled SIGINT or SIGTERM) is ending, and a task blocked in our FUSE request
@@ -191,20 +226,115 @@ pub fn limit_error() -> mlua::Error {
     mlua::Error::runtime(format!("{what} limit reached"))
 }
 
-/// Whether a buffer of `n` bytes that library code is about to build fits the call's
-/// memory limit; if not, the memory limit trips.
-pub fn fits(n: usize) -> bool {
-    let ok = BUDGET.with(|b| n <= b.memory.get());
+/// Bytes the call may still use: its memory limit less the bytes held outside the Lua heap
+/// and the heap's growth since the call started.
+fn room(lua: &Lua) -> usize {
+    BUDGET.with(|b| {
+        let heap = lua.used_memory().saturating_sub(b.heap_baseline.get());
+        b.memory
+            .get()
+            .saturating_sub(b.held.get())
+            .saturating_sub(heap)
+    })
+}
+
+/// Whether `n` more bytes that library code is about to allocate fit what the call has
+/// left; if not, the memory limit trips.
+pub fn fits(lua: &Lua, n: usize) -> bool {
+    let ok = n <= room(lua);
     if !ok {
         trip(Trip::Memory);
     }
     ok
 }
 
+/// A byte buffer that library code builds, charged to the call as it grows (in steps) and
+/// released when dropped, so nested library calls (a `gsub` replacement function calling
+/// `gsub`) cannot each take the whole limit.
+pub struct Buffer {
+    bytes: Vec<u8>,
+    charged: usize,
+}
+
+/// Bytes charged at a time as a buffer grows.
+const BUFFER_STEP: usize = 64 << 10;
+
+impl Buffer {
+    pub fn new() -> Buffer {
+        Buffer {
+            bytes: Vec::new(),
+            charged: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends `more`, charging the growth first; past the limit the memory limit trips.
+    pub fn extend(&mut self, lua: &Lua, more: &[u8]) -> mlua::Result<()> {
+        let need = self.bytes.len().saturating_add(more.len());
+        if need > self.charged {
+            let step = (need - self.charged).max(BUFFER_STEP);
+            if !fits(lua, step) {
+                return Err(limit_error());
+            }
+            BUDGET.with(|b| b.held.set(b.held.get() + step));
+            self.charged += step;
+        }
+        self.bytes.extend_from_slice(more);
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Default for Buffer {
+    fn default() -> Self {
+        Buffer::new()
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        release(self.charged);
+    }
+}
+
+/// `n` bytes charged to the call for as long as this lives (a library function's working
+/// copy of script data).
+pub struct Charge(usize);
+
+impl Charge {
+    pub fn new(lua: &Lua, n: usize) -> mlua::Result<Charge> {
+        charge(lua, n)?;
+        Ok(Charge(n))
+    }
+
+    /// Charges `n` more.
+    pub fn grow(&mut self, lua: &Lua, n: usize) -> mlua::Result<()> {
+        charge(lua, n)?;
+        self.0 += n;
+        Ok(())
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        release(self.0);
+    }
+}
+
 /// Charges `n` bytes of Rust-side memory (bufferlist or image contents) to the call. Over
 /// the budget, collects garbage once (freeing dead bufferlists) before refusing.
 pub fn charge(lua: &Lua, n: usize) -> mlua::Result<()> {
-    let over = || BUDGET.with(|b| b.held.get().saturating_add(n) > b.memory.get());
+    let over = || n > room(lua);
     if over() {
         lua.gc_collect()?;
         if over() {
@@ -233,8 +363,8 @@ pub fn release(n: usize) {
 }
 
 /// Bytes the call may still charge.
-pub fn budget_left() -> usize {
-    BUDGET.with(|b| b.memory.get().saturating_sub(b.held.get()))
+pub fn budget_left(lua: &Lua) -> usize {
+    room(lua)
 }
 
 #[cfg(test)]
@@ -253,7 +383,7 @@ mod tests {
             instructions: 5000,
             ..Limits::default()
         };
-        start(&limits, None);
+        start(&limits, None, 0);
         assert!(keep_going(4096));
         assert!(!keep_going(4096));
         assert!(!keep_going(1));

@@ -53,7 +53,7 @@ fn decode(lua: &Lua, bytes: &[u8]) -> mlua::Result<mlua::AnyUserData> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(budget::budget_left() as u64);
+    limits.max_alloc = Some(budget::budget_left(lua) as u64);
     reader.limits(limits);
     let img = reader.decode().map_err(err)?;
     Img::create(lua, img)

@@ -19,6 +19,46 @@ const MAX_NESTING: usize = 16;
 /// Arrays and maps nested deeper than this in input are refused.
 const MAX_DECODE_DEPTH: usize = 512;
 
+/// Most values one unpack returns (Lua's stack holds no more).
+const MAX_VALUES: usize = 1_000_000;
+
+/// Values packed or unpacked between budget checks.
+const CHECK_EVERY: u32 = 1024;
+
+/// Counts work and memory of one pack or unpack against the call's budget.
+struct Meter {
+    charge: budget::Charge,
+    charged: usize,
+    steps: u32,
+}
+
+impl Meter {
+    fn new(lua: &Lua) -> mlua::Result<Meter> {
+        Ok(Meter {
+            charge: budget::Charge::new(lua, 0)?,
+            charged: 0,
+            steps: 0,
+        })
+    }
+
+    /// One more value, `bytes` held in all: charged as it grows (64 KiB at a time).
+    fn step(&mut self, lua: &Lua, bytes: usize) -> mlua::Result<()> {
+        if bytes > self.charged {
+            let more = (bytes - self.charged).max(64 << 10);
+            self.charge.grow(lua, more)?;
+            self.charged += more;
+        }
+        self.steps += 1;
+        if self.steps >= CHECK_EVERY {
+            self.steps = 0;
+            if !budget::keep_going(CHECK_EVERY) {
+                return Err(budget::limit_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn module(lua: &Lua) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set(
@@ -41,26 +81,32 @@ fn pack(lua: &Lua, args: MultiValue) -> mlua::Result<mlua::LuaString> {
     if args.is_empty() {
         return Err(mlua::Error::runtime("MessagePack pack needs input."));
     }
-    let mut out = Vec::new();
+    let mut p = Packer {
+        lua,
+        out: Vec::new(),
+        meter: Meter::new(lua)?,
+    };
     for v in args {
-        encode(&v, 0, &mut out)?;
+        encode(&v, 0, &mut p)?;
     }
-    if !budget::fits(out.len()) {
-        return Err(budget::limit_error());
-    }
-    lua.create_string(&out)
+    lua.create_string(&p.out)
 }
 
-fn encode(v: &Value, level: usize, out: &mut Vec<u8>) -> mlua::Result<()> {
-    if !budget::fits(out.len()) {
-        return Err(budget::limit_error());
-    }
+struct Packer<'a> {
+    lua: &'a Lua,
+    out: Vec<u8>,
+    meter: Meter,
+}
+
+fn encode(v: &Value, level: usize, p: &mut Packer<'_>) -> mlua::Result<()> {
+    p.meter.step(p.lua, p.out.len())?;
+    let out = &mut p.out;
     match v {
         Value::Boolean(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
         Value::Integer(i) => encode_int(*i, out),
         Value::Number(n) => encode_number(*n, out),
         Value::String(s) => encode_str(&s.as_bytes(), out),
-        Value::Table(t) if level < MAX_NESTING => encode_table(t, level, out)?,
+        Value::Table(t) if level < MAX_NESTING => encode_table(t, level, p)?,
         _ => out.push(0xc0),
     }
     Ok(())
@@ -157,21 +203,21 @@ fn is_array(t: &Table) -> mlua::Result<bool> {
     Ok(max == count)
 }
 
-fn encode_table(t: &Table, level: usize, out: &mut Vec<u8>) -> mlua::Result<()> {
+fn encode_table(t: &Table, level: usize, p: &mut Packer<'_>) -> mlua::Result<()> {
     if is_array(t)? {
         let n = t.raw_len();
-        encode_len(n, 0x90, 0xdc, out);
+        encode_len(n, 0x90, 0xdc, &mut p.out);
         for i in 1..=n {
-            encode(&t.get::<Value>(i)?, level + 1, out)?;
+            encode(&t.get::<Value>(i)?, level + 1, p)?;
         }
     } else {
         let pairs = t
             .pairs::<Value, Value>()
             .collect::<mlua::Result<Vec<_>>>()?;
-        encode_len(pairs.len(), 0x80, 0xde, out);
+        encode_len(pairs.len(), 0x80, 0xde, &mut p.out);
         for (k, v) in pairs {
-            encode(&k, level + 1, out)?;
-            encode(&v, level + 1, out)?;
+            encode(&k, level + 1, p)?;
+            encode(&v, level + 1, p)?;
         }
     }
     Ok(())
@@ -217,9 +263,15 @@ fn unpack(lua: &Lua, a: &Args, limit: Option<i64>, offset: i64) -> mlua::Result<
         lua,
         data: &input,
         pos: start,
+        steps: 0,
     };
     let mut values = Vec::new();
+    let mut meter = Meter::new(lua)?;
     while cur.pos < input.len() && limit.is_none_or(|l| (values.len() as i64) < l) {
+        if values.len() == MAX_VALUES {
+            return Err(mlua::Error::runtime("too many values to unpack"));
+        }
+        meter.step(lua, values.len() * std::mem::size_of::<Value>())?;
         values.push(cur.value(0)?);
     }
     if limit.is_some() {
@@ -237,6 +289,8 @@ struct Cursor<'a> {
     lua: &'a Lua,
     data: &'a [u8],
     pos: usize,
+    /// Values decoded since the last budget check.
+    steps: u32,
 }
 
 impl Cursor<'_> {
@@ -258,6 +312,13 @@ impl Cursor<'_> {
     fn value(&mut self, depth: usize) -> mlua::Result<Value> {
         if depth > MAX_DECODE_DEPTH {
             return Err(Bad::Format.into());
+        }
+        self.steps += 1;
+        if self.steps >= CHECK_EVERY {
+            self.steps = 0;
+            if !budget::keep_going(CHECK_EVERY) {
+                return Err(budget::limit_error());
+            }
         }
         let tag = self.take(1)?[0];
         Ok(match tag {

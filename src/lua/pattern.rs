@@ -1,7 +1,8 @@
 //! Lua 5.4 patterns (`string.find`, `match`, `gmatch`, `gsub`) matched in Rust, with a step
 //! budget. Lua's own matcher backtracks in C between the VM's instruction hooks, so a
 //! pathological pattern (`("a*"):rep(30) .. "c"` against 31 bytes) ran for minutes past every
-//! limit; this one calls `budget` every `CHECK_EVERY` steps and stops when it says so.
+//! limit; this one hands its steps to `budget` every `CHECK_EVERY` of them (and the rest
+//! when it is dropped), and stops when it says so.
 //!
 //! The semantics are Lua 5.4's, written anew from its manual and observed behaviour: classes
 //! `%a %c %d %g %l %p %s %u %w %x` (upper case = complement, C locale), `.`, sets `[...]`
@@ -59,7 +60,7 @@ pub struct Matcher<'a> {
     caps: [(usize, Len); MAX_CAPTURES],
     depth: usize,
     steps: u32,
-    budget: &'a mut dyn FnMut() -> bool,
+    budget: &'a mut dyn FnMut(u32) -> bool,
 }
 
 /// Whether `p` holds none of the characters that make a pattern more than plain text.
@@ -94,7 +95,7 @@ fn class_matches(c: u8, cl: u8) -> bool {
 }
 
 impl<'a> Matcher<'a> {
-    pub fn new(src: &'a [u8], pat: &'a [u8], budget: &'a mut dyn FnMut() -> bool) -> Self {
+    pub fn new(src: &'a [u8], pat: &'a [u8], budget: &'a mut dyn FnMut(u32) -> bool) -> Self {
         Matcher {
             src,
             pat,
@@ -145,8 +146,8 @@ impl<'a> Matcher<'a> {
         let cost = u32::try_from(cost).unwrap_or(u32::MAX);
         self.steps = self.steps.saturating_add(cost.max(1));
         if self.steps >= CHECK_EVERY {
-            self.steps = 0;
-            if !(self.budget)() {
+            let steps = std::mem::take(&mut self.steps);
+            if !(self.budget)(steps) {
                 return Err(Stop::Budget);
             }
         }
@@ -162,7 +163,7 @@ impl<'a> Matcher<'a> {
     }
 
     /// The index just after the single-character class at `p`.
-    fn class_end(&self, mut p: usize) -> Result<usize> {
+    fn class_end(&mut self, mut p: usize) -> Result<usize> {
         let c = self.p_at(p);
         p += 1;
         match c {
@@ -176,6 +177,7 @@ impl<'a> Matcher<'a> {
                 if self.p_at(p) == b'^' {
                     p += 1;
                 }
+                let from = p;
                 loop {
                     if p >= self.pat.len() {
                         return error("malformed pattern (missing ']')");
@@ -186,6 +188,7 @@ impl<'a> Matcher<'a> {
                         p += 1;
                     }
                     if self.p_at(p) == b']' {
+                        self.tick((p - from) / 64)?;
                         return Ok(p + 1);
                     }
                 }
@@ -427,6 +430,16 @@ impl<'a> Matcher<'a> {
     }
 }
 
+impl Drop for Matcher<'_> {
+    /// Steps not yet handed over are charged too (a call of many short matches is not
+    /// free); the answer no longer matters, a tripped limit stays tripped.
+    fn drop(&mut self) {
+        if self.steps > 0 {
+            let _ = (self.budget)(self.steps);
+        }
+    }
+}
+
 /// Where a search starts: Lua's `posrelatI` of `init` (1-based, negative from the end) as a
 /// 0-based index, which may be past the end.
 pub fn start_index(init: i64, len: usize) -> usize {
@@ -447,7 +460,7 @@ mod tests {
 
     /// string.find semantics over the matcher: (start, end) 1-based, and the captures.
     fn find(s: &str, p: &str) -> Result<Option<(usize, usize, Vec<Cap>)>> {
-        let mut always = || true;
+        let mut always = |_| true;
         let (src, mut pat) = (s.as_bytes(), p.as_bytes());
         let anchor = pat.first() == Some(&b'^');
         if anchor {
@@ -533,7 +546,7 @@ mod tests {
         let subject = format!("{}b", "a".repeat(30));
         let pattern = format!("{}c", "a*".repeat(30));
         let mut calls = 0;
-        let mut budget = || {
+        let mut budget = |_| {
             calls += 1;
             calls < 100
         };

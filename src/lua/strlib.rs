@@ -26,9 +26,9 @@ fn stopped(stop: Stop) -> mlua::Error {
     }
 }
 
-/// The budget check the matcher calls every `CHECK_EVERY` steps.
-fn budget() -> impl FnMut() -> bool {
-    || budget::keep_going(pattern::CHECK_EVERY)
+/// The budget check the matcher hands its steps to.
+fn budget() -> impl FnMut(u32) -> bool {
+    budget::keep_going
 }
 
 fn push_captures(lua: &Lua, src: &[u8], caps: Vec<Cap>) -> mlua::Result<MultiValue> {
@@ -118,15 +118,6 @@ fn gmatch(lua: &Lua, a: Args) -> mlua::Result<Function> {
     })
 }
 
-/// Appends `bytes` to a result being built, within the call's memory limit.
-fn append(out: &mut Vec<u8>, bytes: &[u8]) -> mlua::Result<()> {
-    if !budget::fits(out.len().saturating_add(bytes.len())) {
-        return Err(budget::limit_error());
-    }
-    out.extend_from_slice(bytes);
-    Ok(())
-}
-
 /// `string.gsub(s, p, repl [, n])`.
 fn gsub(lua: &Lua, a: Args) -> mlua::Result<(Value, i64)> {
     let (s, p) = (a.string(lua, 1)?, a.string(lua, 2)?);
@@ -152,7 +143,7 @@ fn gsub(lua: &Lua, a: Args) -> mlua::Result<(Value, i64)> {
     };
     let mut budget = budget();
     let mut m = Matcher::new(&src, pat, &mut budget);
-    let (mut out, mut n, mut changed) = (Vec::new(), 0i64, false);
+    let (mut out, mut n, mut changed) = (budget::Buffer::new(), 0i64, false);
     let (mut pos, mut last) = (0usize, None);
     while n < max {
         match m.match_at(pos, 0).map_err(stopped)? {
@@ -163,7 +154,7 @@ fn gsub(lua: &Lua, a: Args) -> mlua::Result<(Value, i64)> {
                 last = Some(e);
             }
             _ if pos < src.len() => {
-                append(&mut out, &src[pos..pos + 1])?;
+                out.extend(lua, &src[pos..pos + 1])?;
                 pos += 1;
             }
             _ => break,
@@ -175,8 +166,8 @@ fn gsub(lua: &Lua, a: Args) -> mlua::Result<(Value, i64)> {
     if !changed {
         return Ok((Value::String(s.clone()), n));
     }
-    append(&mut out, &src[pos..])?;
-    Ok((Value::String(lua.create_string(&out)?), n))
+    out.extend(lua, &src[pos..])?;
+    Ok((Value::String(lua.create_string(out.bytes())?), n))
 }
 
 /// Appends the replacement of match `s..e`; whether it changed anything (a function or
@@ -187,7 +178,7 @@ fn replace(
     src: &[u8],
     (s, e): (usize, usize),
     repl: &Value,
-    out: &mut Vec<u8>,
+    out: &mut budget::Buffer,
 ) -> mlua::Result<bool> {
     let value = match repl {
         Value::Function(f) => {
@@ -202,16 +193,16 @@ fn replace(
             let text = lua
                 .coerce_string(text.clone())?
                 .unwrap_or(lua.create_string("")?);
-            expand(m, src, (s, e), &text.as_bytes(), out)?;
+            expand(lua, m, src, (s, e), &text.as_bytes(), out)?;
             return Ok(true);
         }
     };
     if !truthy(&value) {
-        append(out, &src[s..e])?;
+        out.extend(lua, &src[s..e])?;
         return Ok(false);
     }
     match lua.coerce_string(value.clone())? {
-        Some(text) => append(out, &text.as_bytes())?,
+        Some(text) => out.extend(lua, &text.as_bytes())?,
         None => {
             return Err(mlua::Error::runtime(format!(
                 "invalid replacement value (a {})",
@@ -224,22 +215,23 @@ fn replace(
 
 /// A replacement string with `%0`-`%9` and `%%` expanded.
 fn expand(
+    lua: &Lua,
     m: &Matcher<'_>,
     src: &[u8],
     (s, e): (usize, usize),
     text: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut budget::Buffer,
 ) -> mlua::Result<()> {
     let mut i = 0;
     while let Some(k) = memchr::memchr(b'%', &text[i..]) {
-        append(out, &text[i..i + k])?;
+        out.extend(lua, &text[i..i + k])?;
         let j = i + k + 1;
         match text.get(j).copied().unwrap_or(0) {
-            b'%' => append(out, b"%")?,
-            b'0' => append(out, &src[s..e])?,
+            b'%' => out.extend(lua, b"%")?,
+            b'0' => out.extend(lua, &src[s..e])?,
             d @ b'1'..=b'9' => match m.capture((d - b'1') as usize, s, e).map_err(stopped)? {
-                Cap::Str(a, b) => append(out, &src[a..b])?,
-                Cap::Pos(p) => append(out, p.to_string().as_bytes())?,
+                Cap::Str(a, b) => out.extend(lua, &src[a..b])?,
+                Cap::Pos(p) => out.extend(lua, p.to_string().as_bytes())?,
             },
             _ => {
                 return Err(mlua::Error::runtime(
@@ -249,7 +241,7 @@ fn expand(
         }
         i = j + 1;
     }
-    append(out, &text[i..])
+    out.extend(lua, &text[i..])
 }
 
 /// `string.rep(s, n [, sep])`.
@@ -270,7 +262,8 @@ fn rep(lua: &Lua, a: Args) -> mlua::Result<mlua::LuaString> {
         .and_then(|t| t.checked_add((sep.len() as u64).checked_mul(n - 1)?))
         .and_then(|t| usize::try_from(t).ok())
         .ok_or_else(|| mlua::Error::runtime("resulting string too large"))?;
-    if !budget::fits(total) {
+    // The result is built here, then copied onto the Lua heap: both count.
+    if !budget::fits(lua, total.saturating_mul(2)) {
         return Err(budget::limit_error());
     }
     let mut out = Vec::with_capacity(total);

@@ -24,7 +24,7 @@ pub fn install(lua: &Lua, table: &Table) -> mlua::Result<()> {
         .load("return function(a, b) return a < b end")
         .set_name("=table.sort")
         .eval()?;
-    define(lua, table, "sort", move |_, a| sort(a, &less))
+    define(lua, table, "sort", move |lua, a| sort(lua, a, &less))
 }
 
 /// Counts `n` steps of work against the call's budget.
@@ -139,9 +139,9 @@ fn concat(lua: &Lua, a: Args) -> mlua::Result<mlua::LuaString> {
     };
     let mut i = a.opt_int(lua, 3, 1)?;
     let last = a.opt_int(lua, 4, last)?;
-    let mut out = Vec::new();
+    let mut out = budget::Buffer::new();
     let mut ticker = Ticker(0);
-    let mut add = |i: i64, out: &mut Vec<u8>| -> mlua::Result<()> {
+    let mut add = |i: i64, out: &mut budget::Buffer| -> mlua::Result<()> {
         let v = t.get::<Value>(i)?;
         let s = match v {
             Value::String(_) | Value::Integer(_) | Value::Number(_) => lua.coerce_string(v)?,
@@ -152,25 +152,22 @@ fn concat(lua: &Lua, a: Args) -> mlua::Result<mlua::LuaString> {
                 "invalid value (at index {i}) in table for 'concat'"
             ))
         })?;
-        if !budget::fits(out.len().saturating_add(s.as_bytes().len())) {
-            return Err(budget::limit_error());
-        }
-        out.extend_from_slice(&s.as_bytes());
+        out.extend(lua, &s.as_bytes())?;
         ticker.tick()
     };
     while i < last {
         add(i, &mut out)?;
-        out.extend_from_slice(&sep.as_bytes());
+        out.extend(lua, &sep.as_bytes())?;
         i += 1;
     }
     if i == last {
         add(i, &mut out)?;
     }
-    lua.create_string(&out)
+    lua.create_string(out.bytes())
 }
 
 /// `table.sort(t [, comp])`: a stable merge sort over a copy of `t[1..#t]`.
-fn sort(a: Args, less: &Function) -> mlua::Result<()> {
+fn sort(lua: &Lua, a: Args, less: &Function) -> mlua::Result<()> {
     let t = a.table(1)?;
     let n = len(&t)?;
     if n <= 1 {
@@ -185,9 +182,8 @@ fn sort(a: Args, less: &Function) -> mlua::Result<()> {
         _ => return Err(a.bad(2, &format!("function expected, got {}", a.type_of(2)))),
     };
     let n = n as usize;
-    if !budget::fits(n.saturating_mul(2 * std::mem::size_of::<Value>())) {
-        return Err(budget::limit_error());
-    }
+    // The copy and the merge buffer, held while comparators run more Lua.
+    let _copies = budget::Charge::new(lua, n.saturating_mul(2 * std::mem::size_of::<Value>()))?;
     let mut ticker = Ticker(0);
     let mut items = Vec::with_capacity(n);
     for i in 1..=n {
