@@ -214,7 +214,7 @@ fn mount_foreground(config: &MountConfig) -> Result<()> {
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
     let core = Arc::new(Core::open(&config.store, owner)?);
     core.set_lua_limits(config.lua_limits);
-    crate::fs::serve(core, config)
+    crate::mount::serve(core, config)
 }
 
 /// Starts `lunafs mount --foreground` as a detached child logging to STORE/lunafs.log, and

@@ -8,18 +8,20 @@
 pub mod call;
 pub mod ceph;
 pub mod class;
+mod counter;
 pub mod dir;
 pub mod events;
 pub mod fsck;
 pub mod global;
 pub mod locks;
+mod migrate;
 pub mod names;
 pub mod object;
 pub mod omap;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -64,11 +66,8 @@ pub struct StatFs {
 pub struct Core {
     store: Store,
     locks: Locks,
-    next_ino: AtomicU64,
-    /// Numbers below this are reserved in the store (`meta`); allocating at or past it first
-    /// commits a new reservation, under `reserving`.
-    ino_reserved: AtomicU64,
-    reserving: Mutex<()>,
+    /// Inode numbers, reserved ahead in `meta`.
+    inos: counter::Counter,
     /// Serializes renames between two directories, so the ancestor walk that refuses moving
     /// a directory into itself cannot race another such rename (as the kernel's own
     /// s_vfs_rename_mutex does).
@@ -111,6 +110,7 @@ impl Core {
                 crtime: now,
                 rdev: 0,
                 parent: ROOT,
+                name: Vec::new(),
                 bucket: 0,
                 target: Vec::new(),
             });
@@ -131,15 +131,20 @@ impl Core {
             tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
         }
         let next = (store.max_ino()?.max(ROOT) + 1).max(store.ino_reserved()?);
+        migrate::run(&store)?;
         let events = events::Events::open(&store)?;
         Ok(Core {
             events,
             global: global::Global::default(),
             store,
             locks: Locks::new(),
-            next_ino: AtomicU64::new(next),
-            ino_reserved: AtomicU64::new(next),
-            reserving: Mutex::new(()),
+            inos: counter::Counter::new(
+                "inode numbers",
+                next,
+                INO_BLOCK,
+                FIRST_VIRTUAL_INO,
+                |batch, below| batch.put_ino_reserved(below),
+            ),
             cross_dir_rename: Mutex::new(()),
             update_atime: AtomicBool::new(true),
             open_files: Mutex::new(HashMap::new()),
@@ -153,8 +158,14 @@ impl Core {
         self.update_atime.store(on, Ordering::Relaxed);
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store's directory.
+    pub fn store_path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// The store's size on disk, roughly.
+    pub fn store_bytes(&self) -> u64 {
+        self.store.approximate_size()
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
@@ -163,24 +174,9 @@ impl Core {
             .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
-    /// A never-used inode number. Its reservation is committed before the number is used,
-    /// so a restart never hands it out again, even if the inode was deleted meanwhile.
+    /// A never-used inode number.
     fn alloc_ino(&self) -> Result<Ino> {
-        let ino = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        if ino >= FIRST_VIRTUAL_INO - INO_BLOCK {
-            return Err(Error::Corrupt("inode numbers exhausted".into()));
-        }
-        if ino >= self.ino_reserved.load(Ordering::Acquire) {
-            let _one = self.reserving.lock();
-            if ino >= self.ino_reserved.load(Ordering::Acquire) {
-                let below = ino + INO_BLOCK;
-                let mut batch = self.store.batch();
-                batch.put_ino_reserved(below);
-                batch.commit()?;
-                self.ino_reserved.store(below, Ordering::Release);
-            }
-        }
-        Ok(ino)
+        self.inos.next(&self.store)
     }
 
     fn txn(&self) -> Txn<'_> {
@@ -253,7 +249,7 @@ impl Core {
             .map_err(|e| Error::io("statfs of the store", e.into()))?;
         let frsize = st.fragment_size().max(1);
         let to_4k = |blocks: u64| blocks * frsize / 4096;
-        let used_inodes = self.next_ino.load(Ordering::Relaxed);
+        let used_inodes = self.inos.peek();
         Ok(StatFs {
             blocks: to_4k(st.blocks()),
             bfree: to_4k(st.blocks_free()),

@@ -19,7 +19,6 @@ pub mod stats;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -41,7 +40,6 @@ use crate::core::{Core, Ctx, Name, ROOT};
 use crate::error::{Error, Result};
 use crate::store::codec::Kind;
 use crate::store::keys::Ino;
-use crate::systemd;
 use attr::{file_attr, file_type};
 use control::Control;
 use handles::{Handle, Handles, Listed};
@@ -66,6 +64,18 @@ pub struct LunaFs {
     pool: pool::CallPool,
     /// The notification dispatcher's counters (for stats), once it runs.
     pub delivery: Option<Arc<crate::notify::Counters>>,
+}
+
+impl LunaFs {
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// What calls made outside a FUSE request (triggers) report their changes to.
+    pub fn after_call(&self) -> Arc<dyn crate::core::call::AfterCall> {
+        self.invoker.clone()
+    }
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -125,14 +135,15 @@ impl LunaFs {
 
     /// The contents of `/.lunafs/stats`.
     fn stats_json(&self) -> Vec<u8> {
-        let store = self.core.store();
+        let core = &self.core;
         self.stats
             .to_json(&[
-                ("store", json_str(&store.path().display().to_string())),
+                ("store", json_str(&core.store_path().display().to_string())),
                 ("mountpoint", json_str(&self.mountpoint)),
-                ("store_bytes", store.approximate_size().to_string()),
-                ("open_files", self.core.open_file_count().to_string()),
-                ("events_queued", self.core.events().queued().to_string()),
+                ("store_bytes", core.store_bytes().to_string()),
+                ("open_files", core.open_file_count().to_string()),
+                ("events_queued", core.events_queued().to_string()),
+                ("events_pending", core.events_pending().to_string()),
                 (
                     "delivery",
                     self.delivery
@@ -419,13 +430,13 @@ impl fuser::Filesystem for LunaFs {
         self.reply_entry(Op::Mkdir, reply, r);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
         self.stats.call(Op::Unlink);
         let r = if Control::owns(parent.0) {
             self.control.remove(&self.core, parent.0, raw.as_bytes())
         } else {
             self.writable(parent.0)
-                .and_then(|_| self.core.unlink(parent.0, &name(raw)?))
+                .and_then(|_| self.core.unlink(req.uid(), parent.0, &name(raw)?))
         };
         match r {
             Ok(()) => reply.ok(),
@@ -531,15 +542,18 @@ impl fuser::Filesystem for LunaFs {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }
             self.core.open_file(ino.0)?;
-            let writer = (flags.0 & libc::O_ACCMODE != libc::O_RDONLY).then(|| req.pid());
-            if writer.is_some() {
+            let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+            if writing {
                 self.core
                     .begin_write(ino.0, req.uid(), flags.0 & libc::O_TRUNC != 0)?;
             }
             // keep_cache: the page cache stays valid across opens, since no one else changes
             // the store behind this mount.
             Ok((
-                self.handles.insert(Handle::File { ino: ino.0, writer }),
+                self.handles.insert(Handle::File {
+                    ino: ino.0,
+                    writing,
+                }),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ))
         })();
@@ -622,13 +636,10 @@ impl fuser::Filesystem for LunaFs {
     ) {
         if let Some(handle) = self.handles.get(fh.0) {
             let r = match &*handle {
-                // A close by another process (a child that inherited the descriptor and
-                // closes it at exec, while the opener may still be writing) is not the
-                // writer's close: the Put waits for the opener's close or the last release.
-                Handle::File {
-                    ino,
-                    writer: Some(pid),
-                } if same_process(*pid, req.pid()) => self.core.flush_write(*ino),
+                // Any close(2) of a writing descriptor records the Put as it stands (held
+                // until the last descriptor's release confirms it), so once close returns
+                // the event survives kill -9.
+                Handle::File { ino, writing: true } => self.core.flush_write(*ino, req.uid()),
                 Handle::File { .. } => Ok(()),
                 other => self.store_script(other),
             };
@@ -654,11 +665,11 @@ impl fuser::Filesystem for LunaFs {
     ) {
         self.stats.call(Op::Release);
         let r = match self.handles.remove(fh.0).as_deref() {
-            Some(Handle::File { ino, writer }) => {
+            Some(Handle::File { ino, writing }) => {
                 // The Put goes first: a file unlinked while open is gone after close_file.
-                let put = match writer {
-                    Some(_) => self.core.end_write(*ino),
-                    None => Ok(()),
+                let put = match writing {
+                    true => self.core.end_write(*ino),
+                    false => Ok(()),
                 };
                 self.core.close_file(*ino).and(put)
             }
@@ -831,7 +842,10 @@ impl fuser::Filesystem for LunaFs {
             };
             return self.pool.submit(Box::new(job));
         }
-        match self.core.setxattr(ino.0, raw.as_bytes(), value, mode) {
+        match self
+            .core
+            .setxattr(req.uid(), ino.0, raw.as_bytes(), value, mode)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Setxattr, &e)),
         }
@@ -866,11 +880,11 @@ impl fuser::Filesystem for LunaFs {
         self.reply_xattr(Op::Listxattr, reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
         self.stats.call(Op::Removexattr);
         let r = self
             .writable(ino.0)
-            .and_then(|_| self.core.removexattr(ino.0, raw.as_bytes()));
+            .and_then(|_| self.core.removexattr(req.uid(), ino.0, raw.as_bytes()));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Removexattr, &e)),
@@ -926,7 +940,7 @@ impl fuser::Filesystem for LunaFs {
             self.core.begin_write(inode.ino, req.uid(), true)?;
             let fh = self.handles.insert(Handle::File {
                 ino: inode.ino,
-                writer: Some(req.pid()),
+                writing: true,
             });
             Ok((inode, fh))
         })();
@@ -966,21 +980,6 @@ impl fuser::Filesystem for LunaFs {
     }
 }
 
-/// The kernel gives a FUSE mount the default readahead of 128 KiB whatever `max_readahead`
-/// we negotiate, so sequential reads come as 128 KiB requests. Root may raise it through the
-/// mount's backing device info; 1 MiB requests let a read fetch 16 chunks in one multi-get.
-/// (Measured in benches/: cold sequential read, see README.) Failure only costs speed.
-fn raise_readahead(dev: u64) {
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
-    if let Err(e) = std::fs::write(&path, "1024") {
-        debug!(path, error = %e, "could not raise readahead");
-    }
-}
-
 fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> bool {
     let want = mask.bits() as u16 & 0o7;
     if want == 0 {
@@ -999,90 +998,4 @@ fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> boo
         perm
     } & 0o7;
     bits & want == want
-}
-
-/// Mounts the store of `config` and serves requests until unmounted (by `fusermount3 -u`,
-/// `lunafs umount` or a SIGTERM/SIGINT/SIGHUP to this process). Calls `ready` once mounted.
-pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
-    let noatime = config.flags.contains(&fuser::MountOption::NoAtime);
-    core.set_update_atime(!config.read_only && !noatime);
-    let dispatcher = crate::notify::Dispatcher::start(core.clone(), config.background_interval)?;
-    let mut fs = LunaFs::new(core.clone(), config)?;
-    fs.delivery = Some(dispatcher.counters.clone());
-    let fuse_config = config.fuser_config();
-    let notifier = fs.notifier.clone();
-    let mut session = fuser::Session::new(fs, &config.mountpoint, &fuse_config)
-        .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
-    let _ = notifier.set(session.notifier());
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = config.mountpoint.clone();
-    crate::telemetry::on_termination(move || {
-        let _ = systemd::notify("STOPPING=1");
-        // Running handler calls stop at their next check and commit nothing: nobody will
-        // read their result, and a stuck one must not keep the daemon up.
-        crate::lua::abandon_calls();
-        if let Err(e) = unmounter.unmount() {
-            // Busy (files open): detach now; the session ends when the last file closes,
-            // and every acknowledged write is already in the store.
-            warn!(error = %e, "unmount on signal failed; detaching lazily");
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&mountpoint)
-                .status();
-        }
-    })?;
-    // READY=1 only once the mount answers: a stat of the root is served by this very session,
-    // so it returns only after `run` below has started.
-    let mountpoint = config.mountpoint.clone();
-    let store_path = core.store().path().display().to_string();
-    std::thread::Builder::new()
-        .name("ready".into())
-        .spawn(move || match std::fs::metadata(&mountpoint) {
-            // Our root is inode 1; anything else is the directory underneath, because a
-            // SIGTERM unmounted us first: then there is nothing to announce.
-            Ok(meta) if meta.ino() != ROOT => {
-                debug!("unmounted before the mount answered; not signalling readiness")
-            }
-            Ok(meta) => {
-                raise_readahead(meta.dev());
-                tracing::info!(store = %store_path, mountpoint = %mountpoint.display(), "mounted");
-                let status = format!("READY=1\nSTATUS=serving {store_path}");
-                if let Err(e) = systemd::notify(&status) {
-                    warn!(error = %e, "telling systemd we are ready failed");
-                }
-            }
-            Err(e) => warn!(error = %e, "the new mount does not answer"),
-        })
-        .map_err(|e| Error::io("starting the readiness thread", e))?;
-    match session.run() {
-        Ok(()) => {}
-        // After a lazy unmount (or an abort through /sys/fs/fuse/connections) a worker may
-        // read ECONNABORTED instead of ENODEV: the connection is over either way, and every
-        // acknowledged change is already committed, so it ends the session like ENODEV.
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
-            warn!("the kernel aborted the FUSE connection; ending the session")
-        }
-        Err(e) => return Err(Error::io("serving FUSE requests", e)),
-    }
-    dispatcher.stop();
-    // destroy() flushed the store if the kernel said goodbye; flush again for the case where
-    // the session ended without it (the device was closed under us).
-    core.shutdown()?;
-    tracing::info!("unmounted");
-    Ok(())
-}
-
-/// Whether two tasks (FUSE requests carry the thread id, not the process id) are threads of
-/// one process. Only asked when they differ; a task that has exited counts as another.
-fn same_process(a: u32, b: u32) -> bool {
-    let tgid = |tid: u32| -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    a == b || tgid(a).is_some_and(|g| tgid(b) == Some(g))
 }

@@ -15,7 +15,7 @@ pub mod digest;
 mod errors;
 pub mod image;
 mod msgpack;
-pub mod notify;
+pub mod nats;
 pub mod objclass;
 pub mod pattern;
 pub mod sandbox;
@@ -172,6 +172,11 @@ pub struct Call<'a> {
 /// committing nothing (the daemon is stopping).
 pub fn abandon_calls() {
     budget::abandon_all();
+}
+
+/// Whether calls are being abandoned: a call about to commit must not.
+pub fn calls_abandoned() -> bool {
+    budget::abandoned()
 }
 
 /// Runs handlers with the configured limits on a VM owned by the calling thread.

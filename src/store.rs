@@ -17,6 +17,7 @@ use rocksdb::{
 };
 
 pub use batch::Batch;
+use codec::events::{EtagRecord, GlobalValue, QueuedEvent};
 use codec::{decode_blob, Dentry, Inode};
 use keys::Ino;
 use schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
@@ -317,13 +318,22 @@ impl Store {
         }
     }
 
+    /// Whether every inode record carries its name (see `keys::META_INODE_NAMES`).
+    pub fn inode_names_done(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(Cf::Meta), keys::META_INODE_NAMES)?
+            .is_some())
+    }
+
     /// The store's random id, once made.
     pub fn store_id(&self) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(Cf::Meta), keys::META_STORE_ID)?)
     }
 
-    /// Up to `max` queued events with sequence numbers >= `from`, in order.
-    pub fn events(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+    /// Up to `max` queued events with sequence numbers >= `from`, in order, each decoded
+    /// (or the error that made it undecodable: it can never be delivered).
+    pub fn events(&self, from: u64, max: usize) -> Result<Vec<(u64, Result<QueuedEvent>)>> {
         let start = keys::event(from);
         let mut out = Vec::new();
         for item in self.db.iterator_cf(
@@ -335,9 +345,22 @@ impl Store {
             }
             let (k, v) = item?;
             let seq = keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
-            out.push((seq, decode_blob(&v)?.to_vec()));
+            out.push((seq, QueuedEvent::decode(&v)));
         }
         Ok(out)
+    }
+
+    /// How many events are queued.
+    pub fn event_count(&self) -> Result<u64> {
+        let mut n = 0;
+        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Queue));
+        it.seek_to_first();
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status()?;
+        Ok(n)
     }
 
     /// The highest queued sequence number, if any event is queued.
@@ -357,9 +380,12 @@ impl Store {
         }
     }
 
-    /// The recorded MD5 of `ino` (see `keys::ETAG`).
-    pub fn etag(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
-        self.blob(Cf::Xattrs, ino, keys::ETAG)
+    /// The recorded MD5 of `ino` (see `keys::ETAG`); None also for a record that does not
+    /// decode (it is only a cache of the content's digest).
+    pub fn etag(&self, ino: Ino) -> Result<Option<EtagRecord>> {
+        Ok(self
+            .blob(Cf::Xattrs, ino, keys::ETAG)?
+            .and_then(|v| EtagRecord::decode(&v)))
     }
 
     pub fn notify_get(&self, kind: u8, name: &str) -> Result<Option<Vec<u8>>> {
@@ -379,16 +405,26 @@ impl Store {
         Ok(out)
     }
 
-    pub fn global_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get_blob(Cf::Global, key.as_bytes())
+    pub fn global_get(&self, key: &str) -> Result<Option<GlobalValue>> {
+        self.db
+            .get_pinned_cf(self.cf(Cf::Global), key.as_bytes())?
+            .map(|v| GlobalValue::decode(&v))
+            .transpose()
     }
 
     /// Every global-table entry, in key order.
-    pub fn global_entries(&self) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn global_entries(&self) -> Result<Vec<(String, GlobalValue)>> {
         let mut out = Vec::new();
-        self.scan_blobs(Cf::Global, |k, v| {
-            out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()))
-        })?;
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Global), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                GlobalValue::decode(&v)?,
+            ));
+        }
         Ok(out)
     }
 

@@ -59,6 +59,7 @@ fn target(ino: u64) -> Target {
         may_shrink: true,
         may_write: true,
         caller: None,
+        cause: None,
     }
 }
 

@@ -97,7 +97,7 @@ fn unlink_while_open_keeps_data_until_close_and_survives_reopen_as_orphan_purge(
         let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
         core.write(f.ino, 0, b"data").unwrap();
         core.open_file(f.ino).unwrap();
-        core.unlink(b.ino, &n("f")).unwrap();
+        core.unlink(0, b.ino, &n("f")).unwrap();
         assert_eq!(core.read(f.ino, 0, 10).unwrap(), b"data");
         assert_eq!(core.getattr(f.ino).unwrap().nlink, 0);
         f.ino
@@ -115,7 +115,7 @@ fn last_close_of_an_unlinked_file_deletes_it() {
     let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
     core.open_file(f.ino).unwrap();
     core.open_file(f.ino).unwrap();
-    core.unlink(b.ino, &n("f")).unwrap();
+    core.unlink(0, b.ino, &n("f")).unwrap();
     core.close_file(f.ino).unwrap();
     assert!(core.getattr(f.ino).is_ok());
     core.close_file(f.ino).unwrap();
@@ -126,14 +126,11 @@ fn last_close_of_an_unlinked_file_deletes_it() {
 fn omap_is_the_user_xattr_namespace() {
     let (_d, core) = open();
     let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
-    core.setxattr(b.ino, b"user.color", b"red", SetMode::Upsert)
+    core.setxattr(0, b.ino, b"user.color", b"red", SetMode::Upsert)
         .unwrap();
-    core.setxattr(b.ino, b"security.selinux", b"ctx", SetMode::Upsert)
+    core.setxattr(0, b.ino, b"security.selinux", b"ctx", SetMode::Upsert)
         .unwrap();
-    assert_eq!(
-        core.store().omap_get(b.ino, b"color").unwrap().unwrap(),
-        b"red"
-    );
+    assert_eq!(core.getxattr(b.ino, b"user.color").unwrap(), b"red");
     assert_eq!(
         core.listxattr(b.ino).unwrap(),
         b"user.color\0security.selinux\0"
@@ -172,7 +169,7 @@ fn inode_numbers_are_never_reused_after_a_restart() {
         let core = Core::open(&path, (0, 0)).unwrap();
         let b = core.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap();
         let f = core.create(CTX, b.ino, &n("f"), 0o644).unwrap();
-        core.unlink(b.ino, &n("f")).unwrap();
+        core.unlink(0, b.ino, &n("f")).unwrap();
         (b.ino, f.ino)
     };
     let core = Core::open(&path, (0, 0)).unwrap();

@@ -92,6 +92,16 @@ fn cp_rm_and_rsync_give_s3_records() {
     assert_eq!(r["userIdentity"]["principalId"], "0");
     assert!(r["eventTime"].as_str().unwrap().ends_with('Z'));
 
+    // The setfattr above: ObjectMetadata:Set with the omap it left.
+    let got = sub.take(1, WAIT);
+    let r = got[0].record();
+    assert_eq!(r["eventName"], "ObjectMetadata:Set");
+    assert_eq!(r["s3"]["object"]["eTag"], md5sum(&src));
+    assert_eq!(
+        r["s3"]["object"]["metadata"],
+        serde_json::json!([{"key": "color", "val": "red"}])
+    );
+
     // A rewrite (not sequential from 0: the eTag is computed from the content) carries the
     // omap as metadata.
     let f = fs::OpenOptions::new()

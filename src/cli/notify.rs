@@ -1,5 +1,5 @@
 //! `lunafs topic ...` and `lunafs notification ...`: bucket notification settings of a
-//! mounted lunafs, written as the `/.lunafs` files they are (see `events::config` for the
+//! mounted lunafs, written as the `/.lunafs` files they are (see `notify::config` for the
 //! formats), so the mount validates them exactly as it does a file written by hand.
 
 use std::fs;
@@ -52,12 +52,19 @@ pub enum TopicCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum NotificationCmd {
-    /// Add or replace notification ID of BUCKET.
+    /// Add or replace notification ID of BUCKET: to a topic, or a trigger (--call).
     Put {
         bucket: String,
         id: String,
+        /// The topic its events are published to.
+        #[arg(long, required_unless_present = "call", conflicts_with = "call")]
+        topic: Option<String>,
+        /// CLASS.METHOD to run on the event's object instead (a trigger).
         #[arg(long)]
-        topic: String,
+        call: Option<String>,
+        /// The trigger's input.
+        #[arg(long, requires = "call")]
+        input: Option<String>,
         /// Event type or pattern (repeatable): ObjectCreated:Put, ObjectCreated:*, ...
         /// Default: every event type.
         #[arg(long = "event")]
@@ -138,7 +145,7 @@ pub fn topic(action: TopicCmd, mount: Option<&Path>) -> Result<i32> {
                     text.push_str(&format!("{k} = {}\n", toml_string(&v)));
                 }
             }
-            crate::events::config::parse_topic(&name, &text)?;
+            crate::notify::config::parse_topic(&name, &text)?;
             write_checked(&file(&name), text.as_bytes())?;
         }
         TopicCmd::Get { name } => print(&file(&name), &format!("topic {name}"))?,
@@ -174,7 +181,7 @@ pub fn notification(action: NotificationCmd, mount: Option<&Path>) -> Result<i32
     let store = |bucket: &str, mut t: toml::Table, items: Vec<toml::Value>| -> Result<()> {
         t.insert("notification".into(), toml::Value::Array(items));
         let text = toml::to_string(&t).map_err(|e| Error::Usage(e.to_string()))?;
-        crate::events::config::parse_notifications(bucket, &text)?;
+        crate::notify::config::parse_notifications(bucket, &text)?;
         write_checked(&file(bucket), text.as_bytes())
     };
     match action {
@@ -182,6 +189,8 @@ pub fn notification(action: NotificationCmd, mount: Option<&Path>) -> Result<i32
             bucket,
             id,
             topic,
+            call,
+            input,
             events,
             prefix,
             suffix,
@@ -190,7 +199,11 @@ pub fn notification(action: NotificationCmd, mount: Option<&Path>) -> Result<i32
         } => {
             let mut n = toml::Table::new();
             n.insert("id".into(), id.clone().into());
-            n.insert("topic".into(), topic.into());
+            for (k, v) in [("topic", topic), ("call", call), ("input", input)] {
+                if let Some(v) = v {
+                    n.insert(k.into(), v.into());
+                }
+            }
             if !events.is_empty() {
                 n.insert("events".into(), events.into());
             }

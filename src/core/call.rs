@@ -53,6 +53,15 @@ pub struct Target {
     pub may_write: bool,
     /// The task whose request made the call (a killed caller's call stops early).
     pub caller: Option<u32>,
+    /// The notification whose trigger runs the call: the events of its changes are not
+    /// routed back to that notification.
+    pub cause: Option<String>,
+}
+
+/// What happens after a call that did not come through the kernel (a trigger run by the
+/// dispatcher): the FUSE adapter drops the kernel's cached copies of what it changed.
+pub trait AfterCall: Send + Sync {
+    fn after_call(&self, target: &Target, reply: &CallReply);
 }
 
 /// The result of a call, and what it changed (for the kernel's caches).
@@ -202,6 +211,13 @@ impl Core {
             }
             _ => held,
         };
+        // The daemon began stopping while the call ran: nobody reads its result.
+        if crate::lua::calls_abandoned() {
+            return Ok(CallReply::unchanged(Outcome::failed(
+                libc::ECANCELED,
+                "lunafs is stopping; the call was abandoned",
+            )));
+        }
         let unlinked = txn.commit()?;
         Ok(CallReply {
             outcome,
@@ -410,16 +426,20 @@ impl<'c> ObjectTxn<'c> {
         self.removed && !self.exists
     }
 
-    /// The MD5 and omap the call leaves, for its event (read through the changes).
-    fn put_event_facts(&mut self) -> Result<(String, Vec<(String, String)>)> {
-        let md5 =
-            super::events::md5_of(self.inode.size, |at, end| Object::read(self, at, end - at))?;
-        let metadata = self
-            .map_get_vals(b"", b"", usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| super::events::lossy_pair(&k, &v))
-            .collect();
-        Ok((md5, metadata))
+    /// For the call's event in a watched bucket: the MD5 the content is left with (if the
+    /// data changed) and the omap the call leaves, read through the changes.
+    #[allow(clippy::type_complexity)]
+    fn event_facts(&mut self) -> Result<Option<(Option<String>, Vec<(Vec<u8>, Vec<u8>)>)>> {
+        if !self.exists || !self.core.watches(&self.inode) {
+            return Ok(None);
+        }
+        let md5 = match self.data_changed {
+            true => Some(super::events::md5_of(self.inode.size, |at, end| {
+                Object::read(self, at, end - at)
+            })?),
+            false => None,
+        };
+        Ok(Some((md5, self.map_get_vals(b"", b"", usize::MAX)?)))
     }
 
     /// Commits every change in one batch; returns whether the name was unlinked.
@@ -427,10 +447,7 @@ impl<'c> ObjectTxn<'c> {
         if !self.data_changed && !self.meta_changed {
             return Ok(false);
         }
-        let event = match self.data_changed && self.exists && self.core.watches(self.ino())? {
-            true => Some(self.put_event_facts()?),
-            false => None,
-        };
+        let event = self.event_facts()?;
         let core = self.core;
         let ino = self.ino();
         let now = Timestamp::now();
@@ -444,13 +461,14 @@ impl<'c> ObjectTxn<'c> {
                 .as_ref()
                 .expect("remove() refuses calls without an entry");
             if txn.get(ino)?.nlink <= 1 {
-                queued = core.queue_delete(&mut txn, *parent, name.as_bytes(), ino)?;
+                let side = (*parent, name.as_bytes(), ino);
+                queued = core.queue_delete(&mut txn, side, self.target.uid)?;
             }
             txn.batch.delete_dentry(*parent, name.as_bytes());
             dir::touch_dir(txn.modify(*parent)?, now, 0);
             // The last name of a closed file: the inode and all it owns are purged, so
             // there is no content left to write.
-            if core.drop_link(&mut txn, ino, now)? {
+            if core.drop_link(&mut txn, (*parent, name.as_bytes(), ino), now)? {
                 txn.commit()?;
                 core.queued(queued);
                 return Ok(true);
@@ -494,17 +512,21 @@ impl<'c> ObjectTxn<'c> {
             inode.mtime = now;
         }
         inode.ctime = now;
-        if let Some((md5, metadata)) = event {
-            let mtime = inode.mtime;
-            let place = self.target.entry.as_ref().map(|(p, n)| (*p, n.as_bytes()));
-            queued.add(core.queue_call_put(
+        let inode = inode.clone();
+        let (uid, cause) = (self.target.uid, self.target.cause.as_deref());
+        match event {
+            Some((Some(md5), metadata)) => queued.add(core.queue_call_put(
                 &mut txn.batch,
-                ino,
-                place,
-                (self.inode.size, mtime),
+                &inode,
+                (inode.size, inode.mtime),
                 (&md5, metadata),
-                self.target.uid,
-            )?);
+                uid,
+                cause,
+            )?),
+            Some((None, metadata)) => {
+                queued.add(core.queue_metadata(&mut txn.batch, &inode, metadata, uid, cause)?)
+            }
+            None => {}
         }
         txn.commit()?;
         if self.data_changed {

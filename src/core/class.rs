@@ -298,6 +298,18 @@ impl Modules for StoreModules<'_> {
     }
 }
 
+impl Core {
+    /// Runs a notification or background script (for the dispatcher), with `require` of
+    /// installed packages and the handlers' limits; Err is the script's error message.
+    pub fn run_script(
+        &self,
+        run: &crate::lua::NotifyRun<'_>,
+        notifier: &mut dyn crate::lua::Notifier,
+    ) -> std::result::Result<(), String> {
+        self.engine.notify(run, notifier, &StoreModules(self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,10 +71,6 @@ impl Core {
         loop {
             let d = self.entry(parent, name)?;
             if let Some(inode) = self.store.inode(d.ino)? {
-                if inode.kind == Kind::File {
-                    self.events
-                        .remember(inode.bucket, inode.ino, parent, name.as_bytes());
-                }
                 return Ok(inode);
             }
             // Unlinked between the two reads: look again. A dentry that stays without its
@@ -94,13 +90,7 @@ impl Core {
         if dir.kind != Kind::Dir {
             return Err(Error::NotDir(format!("inode {ino}")));
         }
-        let entries = self.store.dentries(ino)?;
-        for (name, d) in &entries {
-            if d.kind == Kind::File {
-                self.events.remember(dir.bucket, d.ino, ino, name);
-            }
-        }
-        Ok(entries)
+        self.store.dentries(ino)
     }
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
@@ -220,6 +210,7 @@ impl Core {
             crtime: now,
             rdev,
             parent,
+            name: name.as_bytes().to_vec(),
             bucket: if parent == ROOT { ino } else { dir_bucket },
             target: target.to_vec(),
         };
@@ -229,9 +220,6 @@ impl Core {
         txn.commit()?;
         if parent == ROOT {
             self.root_changed();
-        } else if kind == Kind::File {
-            self.events
-                .remember(inode.bucket, ino, parent, name.as_bytes());
         }
         Ok(inode)
     }
@@ -274,6 +262,10 @@ impl Core {
         }
         inode.nlink += 1;
         inode.ctime = now;
+        if inode.name.is_empty() {
+            inode.parent = newparent;
+            inode.name = newname.as_bytes().to_vec();
+        }
         let (kind, result) = (inode.kind, inode.clone());
         if self.store.dentry(newparent, newname.as_bytes())?.is_some() {
             return Err(Error::Exists(newname.to_string()));
@@ -284,7 +276,8 @@ impl Core {
         Ok(result)
     }
 
-    pub fn unlink(&self, parent: Ino, name: &Name) -> Result<()> {
+    /// unlink(2) by the process with `uid` (the Delete event's userIdentity).
+    pub fn unlink(&self, uid: u32, parent: Ino, name: &Name) -> Result<()> {
         loop {
             let d = self.entry(parent, name)?;
             if d.kind == Kind::Dir {
@@ -296,15 +289,14 @@ impl Core {
             }
             let mut txn = self.txn();
             let now = Timestamp::now();
+            let side = (parent, name.as_bytes(), d.ino);
             let queued = match (d.kind, txn.get(d.ino)?.nlink) {
-                (Kind::File, 0 | 1) => {
-                    self.queue_delete(&mut txn, parent, name.as_bytes(), d.ino)?
-                }
+                (Kind::File, 0 | 1) => self.queue_delete(&mut txn, side, uid)?,
                 _ => Enqueued::NONE,
             };
             txn.batch.delete_dentry(parent, name.as_bytes());
             touch_dir(txn.modify(parent)?, now, 0);
-            self.drop_link(&mut txn, d.ino, now)?;
+            self.drop_link(&mut txn, side, now)?;
             txn.commit()?;
             self.queued(queued);
             return Ok(());
@@ -421,12 +413,18 @@ impl Core {
                 self.check_not_into_itself(d.ino, parent, newname)?;
             }
             txn.modify(d.ino)?.ctime = now;
+            let queued = self.queue_exchange(
+                &mut txn,
+                (parent, name.as_bytes(), src.ino),
+                (newparent, newname.as_bytes(), d.ino),
+                uid,
+            )?;
             txn.batch.put_dentry(parent, name.as_bytes(), d);
             txn.batch.put_dentry(newparent, newname.as_bytes(), src);
-            move_dir(&mut txn, src, parent, newparent)?;
-            move_dir(&mut txn, d, newparent, parent)?;
+            move_entry(&mut txn, src, parent, (newparent, newname))?;
+            move_entry(&mut txn, d, newparent, (parent, name))?;
             txn.commit()?;
-            return Ok(Enqueued::NONE);
+            return Ok(queued);
         }
 
         if let Some(d) = dst {
@@ -441,20 +439,19 @@ impl Core {
                     txn.purge(d.ino);
                 }
                 (false, false) => {
-                    self.drop_link(&mut txn, d.ino, now)?;
+                    self.drop_link(&mut txn, (newparent, newname.as_bytes(), d.ino), now)?;
                 }
             }
         }
         let queued = self.queue_rename(
             &mut txn,
-            (parent, name.as_bytes()),
+            (parent, name.as_bytes(), src.ino),
             (newparent, newname.as_bytes()),
-            src.ino,
             uid,
         )?;
         txn.batch.delete_dentry(parent, name.as_bytes());
         txn.batch.put_dentry(newparent, newname.as_bytes(), src);
-        move_dir(&mut txn, src, parent, newparent)?;
+        move_entry(&mut txn, src, parent, (newparent, newname))?;
         txn.commit()?;
         Ok(queued)
     }
@@ -507,13 +504,22 @@ impl Core {
             .ok_or_else(|| Error::NotFound(name.to_string()))
     }
 
-    /// Removes one name of a non-directory: the inode goes with its last name, unless it is
-    /// still open, in which case it becomes an orphan until its last close. Returns whether
-    /// the inode was purged (nothing of it may be written after that).
-    pub(super) fn drop_link(&self, txn: &mut Txn<'_>, ino: Ino, now: Timestamp) -> Result<bool> {
+    /// Removes one name (`name` in `parent`) of a non-directory: the inode goes with its last
+    /// name, unless it is still open, in which case it becomes an orphan until its last
+    /// close. Returns whether the inode was purged (nothing of it may be written after that).
+    pub(super) fn drop_link(
+        &self,
+        txn: &mut Txn<'_>,
+        (parent, name, ino): super::events::Side<'_>,
+        now: Timestamp,
+    ) -> Result<bool> {
         let inode = txn.modify(ino)?;
         inode.nlink = inode.nlink.saturating_sub(1);
         inode.ctime = now;
+        if inode.parent == parent && inode.name == name {
+            // Its primary name is gone; another link is found when one is needed.
+            inode.name.clear();
+        }
         if inode.nlink == 0 {
             if self.is_open(ino) {
                 txn.batch.put_orphan(ino);
@@ -533,12 +539,15 @@ pub(super) fn touch_dir(dir: &mut Inode, now: Timestamp, nlink_delta: i32) {
     dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
 }
 
-/// After a directory `d` moved from `from` to `to`: its `..` and both parents' link counts.
-fn move_dir(txn: &mut Txn<'_>, d: Dentry, from: Ino, to: Ino) -> Result<()> {
+/// After entry `d` moved from directory `from` to `newname` in `to`: its primary name and,
+/// for a directory, its `..` and both parents' link counts.
+fn move_entry(txn: &mut Txn<'_>, d: Dentry, from: Ino, (to, newname): (Ino, &Name)) -> Result<()> {
+    let inode = txn.modify(d.ino)?;
+    inode.parent = to;
+    inode.name = newname.as_bytes().to_vec();
     if d.kind != Kind::Dir || from == to {
         return Ok(());
     }
-    txn.modify(d.ino)?.parent = to;
     let f = txn.modify(from)?;
     f.nlink = f.nlink.saturating_sub(1);
     txn.modify(to)?.nlink += 1;

@@ -9,7 +9,7 @@
 //! that of its directories; chunks belong to existing files and hold no byte past the size;
 //! omap/xattr entries belong to existing inodes; orphan records name unlinked inodes; the
 //! inode-number reservation is above every inode; every queued event is a well-formed
-//! record (`events::Queued`) numbered below the event-sequence reservation.
+//! queued event (`codec::events::QueuedEvent`) numbered below the event-sequence reservation.
 //!
 //! An inode record that exists but cannot be decoded is damage fsck cannot repair; nothing
 //! that refers to it (entries, data, attributes) is touched, and without a sound root no
@@ -390,13 +390,13 @@ fn check_queue(store: &Store, s: &mut Scan) -> Result<()> {
     let mut from = 0;
     loop {
         let page = store.events(from, 1024)?;
-        let Some(&(last, _)) = page.last() else {
+        let Some(last) = page.last().map(|(seq, _)| *seq) else {
             break;
         };
         from = last + 1;
-        for (seq, bytes) in page {
+        for (seq, event) in page {
             s.report.events += 1;
-            if let Err(e) = crate::events::Queued::decode(&bytes) {
+            if let Err(e) = event {
                 s.find(true, format!("queued event {seq}: {e}"));
                 s.drop_events.push(seq);
             }
@@ -477,8 +477,14 @@ mod tests {
             let d = core.mkdir(CTX, b.ino, &n("d"), 0o755).unwrap();
             let f = core.create(CTX, d.ino, &n("f"), 0o644).unwrap();
             core.write(f.ino, 0, &[5u8; 40_000]).unwrap();
-            core.setxattr(f.ino, b"user.k", b"v", crate::core::omap::SetMode::Upsert)
-                .unwrap();
+            core.setxattr(
+                0,
+                f.ino,
+                b"user.k",
+                b"v",
+                crate::core::omap::SetMode::Upsert,
+            )
+            .unwrap();
             (b.ino, d.ino, f.ino)
         };
         let store = Store::open(&path).unwrap();
@@ -530,10 +536,13 @@ mod tests {
     fn malformed_queued_events_are_found_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let core = Core::open(dir.path(), (0, 0)).unwrap();
-        let store = core.store();
-        let mut batch = store.batch();
-        batch.put_event(1, b"{\"not\": \"an event\"}");
-        batch.commit().unwrap();
+        let store = &core.store;
+        // A first-release (JSON) entry that is no event.
+        store.put_raw(
+            crate::store::schema::Cf::Queue,
+            &crate::store::keys::event(1),
+            b"\x01{\"not\": \"an event\"}",
+        );
         let report = fsck(store, false).unwrap();
         assert_eq!(report.events, 1);
         assert!(

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 
 use super::Core;
 use crate::error::{Error, Result};
-use crate::lua::TableValue;
+use crate::store::codec::events::GlobalValue;
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 256;
@@ -20,71 +20,34 @@ pub const MAX_ENTRIES: usize = 100_000;
 #[derive(Default)]
 pub struct Global(Mutex<Option<usize>>);
 
-fn encode(v: &TableValue) -> Vec<u8> {
-    let mut out = Vec::new();
-    match v {
-        TableValue::Str(s) => {
-            out.push(b's');
-            out.extend_from_slice(s);
-        }
-        TableValue::Int(i) => {
-            out.push(b'i');
-            out.extend_from_slice(&i.to_be_bytes());
-        }
-        TableValue::Num(n) => {
-            out.push(b'n');
-            out.extend_from_slice(&n.to_bits().to_be_bytes());
-        }
-        TableValue::Bool(b) => out.extend_from_slice(&[b'b', u8::from(*b)]),
-    }
-    out
-}
-
-fn decode(v: &[u8]) -> Result<TableValue> {
-    let bad = || Error::Corrupt("global table value".into());
-    let (&tag, rest) = v.split_first().ok_or_else(bad)?;
-    let eight = || -> Result<[u8; 8]> { rest.try_into().map_err(|_| bad()) };
-    Ok(match tag {
-        b's' => TableValue::Str(rest.to_vec()),
-        b'i' => TableValue::Int(i64::from_be_bytes(eight()?)),
-        b'n' => TableValue::Num(f64::from_bits(u64::from_be_bytes(eight()?))),
-        b'b' => TableValue::Bool(rest.first() == Some(&1)),
-        _ => return Err(bad()),
-    })
-}
-
 impl Core {
-    pub fn global_get(&self, key: &str) -> Result<Option<TableValue>> {
-        self.store.global_get(key)?.map(|v| decode(&v)).transpose()
+    pub fn global_get(&self, key: &str) -> Result<Option<GlobalValue>> {
+        self.store.global_get(key)
     }
 
     /// Every entry, in key order.
-    pub fn global_entries(&self) -> Result<Vec<(String, TableValue)>> {
-        self.store
-            .global_entries()?
-            .into_iter()
-            .map(|(k, v)| Ok((k, decode(&v)?)))
-            .collect()
+    pub fn global_entries(&self) -> Result<Vec<(String, GlobalValue)>> {
+        self.store.global_entries()
     }
 
     /// Stores (Some) or deletes (None) `key`.
-    pub fn global_set(&self, key: &str, value: Option<TableValue>) -> Result<()> {
+    pub fn global_set(&self, key: &str, value: Option<GlobalValue>) -> Result<()> {
         let mut count = self.global.0.lock();
         self.global_set_locked(&mut count, key, value)
     }
 
     /// Adds `delta` to the number at `key` (absent is 0); integers stay integers while the
     /// delta is whole.
-    pub fn global_add(&self, key: &str, delta: f64) -> Result<TableValue> {
+    pub fn global_add(&self, key: &str, delta: f64) -> Result<GlobalValue> {
         let mut count = self.global.0.lock();
         let new = match self.global_get(key)? {
-            None if delta.fract() == 0.0 => TableValue::Int(delta as i64),
-            None => TableValue::Num(delta),
-            Some(TableValue::Int(i)) if delta.fract() == 0.0 => {
-                TableValue::Int(i.saturating_add(delta as i64))
+            None if delta.fract() == 0.0 => GlobalValue::Int(delta as i64),
+            None => GlobalValue::Num(delta),
+            Some(GlobalValue::Int(i)) if delta.fract() == 0.0 => {
+                GlobalValue::Int(i.saturating_add(delta as i64))
             }
-            Some(TableValue::Int(i)) => TableValue::Num(i as f64 + delta),
-            Some(TableValue::Num(n)) => TableValue::Num(n + delta),
+            Some(GlobalValue::Int(i)) => GlobalValue::Num(i as f64 + delta),
+            Some(GlobalValue::Num(n)) => GlobalValue::Num(n + delta),
             Some(_) => {
                 return Err(Error::InvalidArgument(format!(
                     "RGW[{key:?}] is not a number"
@@ -99,14 +62,14 @@ impl Core {
         &self,
         count: &mut Option<usize>,
         key: &str,
-        value: Option<TableValue>,
+        value: Option<GlobalValue>,
     ) -> Result<()> {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(Error::InvalidArgument(format!(
                 "RGW key {key:?}: 1 to {MAX_KEY} bytes"
             )));
         }
-        if let Some(TableValue::Str(s)) = &value {
+        if let Some(GlobalValue::Str(s)) = &value {
             if s.len() > MAX_VALUE {
                 return Err(Error::InvalidArgument(format!(
                     "RGW[{key:?}]: a string of {} bytes; the limit is {MAX_VALUE}",
@@ -127,7 +90,7 @@ impl Core {
                         "RGW[{key:?}]: the global table is full ({MAX_ENTRIES} entries)"
                     )));
                 }
-                batch.put_global(key, &encode(&v));
+                batch.put_global(key, &v);
                 n + usize::from(!existed)
             }
             None => {
@@ -138,23 +101,5 @@ impl Core {
         batch.commit()?;
         *count = Some(n);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_round_trip() {
-        for v in [
-            TableValue::Str(b"x\0y".to_vec()),
-            TableValue::Int(-5),
-            TableValue::Num(2.5),
-            TableValue::Bool(true),
-        ] {
-            assert_eq!(decode(&encode(&v)).unwrap(), v);
-        }
-        assert!(decode(b"").is_err() && decode(b"i12").is_err() && decode(b"?").is_err());
     }
 }

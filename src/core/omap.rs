@@ -45,7 +45,15 @@ pub(super) fn parse(name: &[u8]) -> Result<XName<'_>> {
 }
 
 impl Core {
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], mode: SetMode) -> Result<()> {
+    /// setxattr(2) by `uid` (the event's userIdentity).
+    pub fn setxattr(
+        &self,
+        uid: u32,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: SetMode,
+    ) -> Result<()> {
         let xname = parse(name)?;
         let shown = || String::from_utf8_lossy(name).into_owned();
         if value.len() > XATTR_SIZE_MAX {
@@ -66,7 +74,10 @@ impl Core {
         }
         inode.ctime = Timestamp::now();
         batch.put_inode(&inode);
-        batch.commit()
+        let queued = self.metadata_event(&mut batch, &inode, &xname, Some(value), uid)?;
+        batch.commit()?;
+        self.queued(queued);
+        Ok(())
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
@@ -101,7 +112,8 @@ impl Core {
         Ok(out)
     }
 
-    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+    /// removexattr(2) by `uid`.
+    pub fn removexattr(&self, uid: u32, ino: Ino, name: &[u8]) -> Result<()> {
         let xname = parse(name)?;
         let _held = self.locks.lock(&[ino]);
         let mut inode = self.getattr(ino)?;
@@ -115,7 +127,34 @@ impl Core {
         }
         inode.ctime = Timestamp::now();
         batch.put_inode(&inode);
-        batch.commit()
+        let queued = self.metadata_event(&mut batch, &inode, &xname, None, uid)?;
+        batch.commit()?;
+        self.queued(queued);
+        Ok(())
+    }
+
+    /// `ObjectMetadata:Set` for setting (`Some`) or removing attribute `name` of a watched
+    /// object: the omap it carries is the one this change leaves.
+    fn metadata_event(
+        &self,
+        batch: &mut crate::store::Batch<'_>,
+        inode: &crate::store::codec::Inode,
+        name: &XName<'_>,
+        value: Option<&[u8]>,
+        uid: u32,
+    ) -> Result<super::events::Enqueued> {
+        if !self.watches(inode) {
+            return Ok(super::events::Enqueued::NONE);
+        }
+        let mut omap = self.store.omap_entries(inode.ino)?;
+        if let XName::Omap(k) = name {
+            omap.retain(|(key, _)| key != k);
+            if let Some(v) = value {
+                let at = omap.partition_point(|(key, _)| key.as_slice() < *k);
+                omap.insert(at, (k.to_vec(), v.to_vec()));
+            }
+        }
+        self.queue_metadata(batch, inode, omap, uid, None)
     }
 
     fn get_raw(&self, ino: Ino, name: &XName<'_>) -> Result<Option<Vec<u8>>> {

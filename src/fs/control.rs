@@ -26,7 +26,7 @@ use fuser::{FileAttr, FileType, INodeNo};
 use parking_lot::Mutex;
 
 use crate::core::class::ModuleId;
-use crate::core::events::Item;
+use crate::core::events::Setting as Item;
 use crate::core::{Core, FIRST_VIRTUAL_INO};
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
@@ -168,7 +168,7 @@ impl Control {
                 Err(Error::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
             },
-            Node::Setting(item) => core.notify_get(item),
+            Node::Setting(item) => core.setting_get(item),
             _ => Ok(None),
         }
     }
@@ -231,7 +231,7 @@ impl Control {
                     .filter(|b| !b.is_empty())
                     .ok_or_else(|| Error::InvalidArgument(format!("{name}: {what}")))?;
                 if parent == TOPICS_INO {
-                    crate::events::config::check_name(base, "topic")?;
+                    crate::notify::config::check_name(base, "topic")?;
                 }
                 Node::Setting(make(base.to_string()))
             }
@@ -307,7 +307,7 @@ impl Control {
                     (TOPICS_INO, FileType::Directory, b"topics".to_vec()),
                     (VERSION_INO, FileType::RegularFile, b"version".to_vec()),
                 ];
-                if core.notify_get(&Item::Background)?.is_some() {
+                if core.setting_get(&Item::Background)?.is_some() {
                     list.push(file(Node::Setting(Item::Background), BACKGROUND.into()));
                 }
                 Ok(list)
@@ -315,7 +315,7 @@ impl Control {
             Node::TopicsDir | Node::NotificationsDir | Node::NotifyDir => {
                 let (make, suffix, _) = settings_dir(ino);
                 Ok(core
-                    .notify_items(make)?
+                    .settings_of(make)?
                     .into_iter()
                     .map(|item| {
                         let name = format!("{}{suffix}", item.name());
@@ -357,7 +357,7 @@ impl Control {
         match node {
             Node::Class(name) => core.class_put(name, data),
             Node::Module(id) => core.package_put(id, data),
-            Node::Setting(item) => core.notify_put(item, data),
+            Node::Setting(item) => core.setting_put(item, data),
             _ => Err(Error::NotPermitted(format!(
                 "/.lunafs: {node:?} is read-only"
             ))),
@@ -371,7 +371,7 @@ impl Control {
             Node::Module(m) => core
                 .package_remove(&m.package, Some(&m.version), Some(&m.module))
                 .map(|_| ()),
-            Node::Setting(item) => core.notify_remove(&item),
+            Node::Setting(item) => core.setting_remove(&item),
             _ => Err(Error::NotPermitted("/.lunafs".into())),
         }
     }
@@ -397,7 +397,7 @@ fn settings_dir(ino: Ino) -> (fn(String) -> Item, &'static str, &'static str) {
 
 /// `/.lunafs/global`: the global table as one JSON object.
 fn global_json(core: &Core) -> Result<Vec<u8>> {
-    use crate::lua::TableValue;
+    use crate::store::codec::events::GlobalValue as TableValue;
     let map: serde_json::Map<String, serde_json::Value> = core
         .global_entries()?
         .into_iter()

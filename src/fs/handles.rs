@@ -22,10 +22,9 @@ pub struct Listed {
 }
 
 pub enum Handle {
-    /// A regular file in the store; `writer`: the pid of the process that opened it for
-    /// writing (or created it), whose close (flush) or the last release completes an
-    /// `ObjectCreated:Put`.
-    File { ino: Ino, writer: Option<u32> },
+    /// A regular file in the store, opened for writing (or created) or not: a writing
+    /// handle's closes record its `ObjectCreated:Put`, its release confirms it.
+    File { ino: Ino, writing: bool },
     /// A directory, with its listing once read.
     Dir {
         ino: Ino,

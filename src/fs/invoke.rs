@@ -117,18 +117,22 @@ pub struct FileCall {
     pub file: Arc<Mutex<CallFile>>,
     pub request: call::Request,
     pub size: u32,
-    pub reply: ReplyData,
+    /// Taken when answered; a FileCall dropped unanswered (a panic) answers with EIO.
+    pub reply: Option<ReplyData>,
 }
 
 impl FileCall {
     /// Stores the response and answers this read and any that waited for it.
-    fn finish(self, response: Vec<u8>) {
+    fn finish(&mut self, response: Vec<u8>) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
         let mut file = self.file.lock();
         file.exchange.respond(response);
         file.running = false;
         let first = file.exchange.read(self.size as usize);
         self.invoker.stats.read(first.len());
-        self.reply.data(&first);
+        reply.data(&first);
         for (reply, size) in std::mem::take(&mut file.waiting) {
             let data = file.exchange.read(size as usize);
             self.invoker.stats.read(data.len());
@@ -137,13 +141,23 @@ impl FileCall {
     }
 }
 
+impl Drop for FileCall {
+    fn drop(&mut self) {
+        self.finish(call::response(
+            -libc::EIO,
+            b"",
+            "the call failed inside lunafs",
+        ));
+    }
+}
+
 impl Job for FileCall {
-    fn run(self: Box<Self>) {
+    fn run(mut self: Box<Self>) {
         let response = self.invoker.run_request(self.ctx, &self.request);
         self.finish(response);
     }
 
-    fn refuse(self: Box<Self>, errno: i32) {
+    fn refuse(mut self: Box<Self>, errno: i32) {
         let message = "the handler-call queue is full; try again";
         self.finish(call::response(-errno, b"", message));
     }
@@ -192,6 +206,7 @@ impl Invoker {
             may_shrink: !self.writeback(),
             may_write: true,
             caller: Some(ctx.pid),
+            cause: None,
         };
         let reply = self
             .core
@@ -253,10 +268,17 @@ impl Invoker {
             may_shrink: true,
             may_write: permits(&attr, uid, gid, AccessFlags::W_OK),
             caller: Some(ctx.pid),
+            cause: None,
         })
     }
 
     /// Counts the call and drops the kernel's cached copies of what it changed.
+    fn after_call(&self, target: &Target, reply: &CallReply) {
+        crate::core::call::AfterCall::after_call(self, target, reply)
+    }
+}
+
+impl crate::core::call::AfterCall for Invoker {
     fn after_call(&self, target: &Target, reply: &CallReply) {
         self.stats.handler(reply.outcome.result >= 0);
         let Some(notifier) = self.notifier.get() else {
@@ -281,7 +303,9 @@ impl Invoker {
             }
         }
     }
+}
 
+impl Invoker {
     /// Makes the kernel's cached size follow a call's change of it (writeback cache only).
     fn resize_kernel_copy(&self, notifier: &fuser::Notifier, target: &Target, sizes: (u64, u64)) {
         let (before, after) = sizes;

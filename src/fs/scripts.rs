@@ -109,7 +109,7 @@ impl LunaFs {
                 file: file.clone(),
                 request,
                 size,
-                reply,
+                reply: Some(reply),
             };
             self.pool.submit(Box::new(job));
         }

@@ -7,19 +7,9 @@ use md5::{Digest, Md5};
 use mlua::{Lua, UserData, UserDataMethods, Value};
 
 use super::bufferlist::{bytes_of, Bl};
+use crate::digest::hex;
 
 struct Hasher(Option<Md5>);
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
 
 /// Feeds a bufferlist without copying it, or the bytes of a string.
 fn feed(h: &mut Md5, v: &Value) -> mlua::Result<()> {
@@ -66,12 +56,4 @@ pub fn module(lua: &Lua) -> mlua::Result<mlua::Table> {
         })?,
     )?;
     Ok(t)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_is_lower_case_and_two_digits_per_byte() {
-        assert_eq!(super::hex(&[0x00, 0xab, 0x7f]), "00ab7f");
-    }
 }

@@ -249,7 +249,7 @@ impl Vm {
         let _ = self
             .lua
             .set_memory_limit(baseline.saturating_add(limits.memory));
-        budget::start(&limits, caller);
+        budget::start(&limits, caller, baseline);
         let result = f(self);
         let tripped = budget::finish();
         let _ = self.lua.set_memory_limit(0);
@@ -313,15 +313,15 @@ impl Vm {
         lua.scope(|scope| {
             let env = self.environment()?;
             self.install_require(scope, &env, modules)?;
-            super::notify::install(lua, scope, &env, &notifier, name)?;
+            super::nats::install(lua, scope, &env, &notifier, name)?;
             if let Some(event) = run.event {
-                env.raw_set("event", super::notify::json_to_lua(lua, event)?)?;
+                env.raw_set("event", super::nats::json_to_lua(lua, event)?)?;
             }
             if let Some(json) = run.event_json {
                 env.raw_set("event_json", json)?;
             }
             if let Some(topic) = run.topic {
-                env.raw_set("topic", super::notify::json_to_lua(lua, topic)?)?;
+                env.raw_set("topic", super::nats::json_to_lua(lua, topic)?)?;
             }
             main.set_environment(env)?;
             main.call::<()>(())

@@ -17,31 +17,34 @@
 //! # /.lunafs/notifications/BUCKET.toml
 //! [[notification]]
 //! id = "images"                       # required, unique in the bucket
-//! topic = "NAME"                      # required, an existing topic
+//! topic = "NAME"                      # an existing topic, or:
+//! call = "thumb.make"  input = "200x150"   # a trigger: an object-class method run in place
+//! max_retries = 3  retry_sleep_duration = 1   # a failed trigger: tries again (0: forever)
 //! events = ["ObjectCreated:*"]        # default: every event type
 //! prefix = "img/"  suffix = ".jpg"  regex = "^img/[0-9]+"   # key filters, all optional
 //! omap = { color = "red" }            # the object's omap must hold these values
 //! ```
+//!
+//! A topic's URL is parsed into a server address when the topic is written, so delivery
+//! never meets one it cannot use.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use async_nats::ServerAddr;
 use regex::Regex;
 
+use crate::core::events::EventKind;
 use crate::error::{Error, Result};
-
-/// The event types lunafs emits, in S3 notation.
-pub const EVENT_TYPES: &[&str] = &[
-    "ObjectCreated:Put",
-    "ObjectCreated:Copy",
-    "ObjectRemoved:Delete",
-];
 
 /// A named NATS destination.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Topic {
     pub name: String,
+    /// The URL as written (for logs and stats).
     pub url: String,
+    /// The server it names, parsed when the topic was written.
+    pub addr: ServerAddr,
     pub subject: String,
     pub user: Option<String>,
     pub password: Option<String>,
@@ -74,11 +77,67 @@ impl Topic {
     }
 }
 
+/// Where a notification sends what it selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Publish the event to a topic.
+    Topic(String),
+    /// Run an object-class method on the event's object (a trigger).
+    Call {
+        class: String,
+        method: String,
+        input: Vec<u8>,
+    },
+}
+
+/// How a failed trigger is retried (a topic has its own): `max_retries` (0: forever),
+/// doubling from `retry_sleep` up to a minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    pub max_retries: u32,
+    pub retry_sleep: Duration,
+}
+
+impl Retry {
+    /// What a notification with a topic has (its topic decides).
+    fn default_for_topic() -> Retry {
+        Retry {
+            max_retries: 3,
+            retry_sleep: Duration::from_secs(1),
+        }
+    }
+
+    /// The wait before retry number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        (self.retry_sleep * factor).min(Duration::from_secs(60))
+    }
+}
+
+impl Target {
+    /// How the queue names it: the topic, or `call:CLASS.METHOD`.
+    pub fn queued_as(&self) -> String {
+        match self {
+            Target::Topic(t) => t.clone(),
+            Target::Call { class, method, .. } => format!("call:{class}.{method}"),
+        }
+    }
+
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            Target::Topic(t) => Some(t),
+            Target::Call { .. } => None,
+        }
+    }
+}
+
 /// One notification of a bucket.
 #[derive(Debug, Clone)]
 pub struct Notification {
     pub id: String,
-    pub topic: String,
+    pub target: Target,
+    /// For a trigger: how a failed call is retried.
+    pub retry: Retry,
     /// Event type patterns: `ObjectCreated:Put`, `ObjectCreated:*`, `*`.
     pub events: Vec<String>,
     pub prefix: String,
@@ -89,18 +148,24 @@ pub struct Notification {
 
 impl Notification {
     /// Whether the notification wants this event type for this key (omap filters aside).
-    pub fn wants(&self, event: &str, key: &str) -> bool {
-        self.events.iter().any(|p| type_matches(p, event))
-            && key.starts_with(&self.prefix)
-            && key.ends_with(&self.suffix)
-            && self.regex.as_ref().is_none_or(|r| r.is_match(key))
+    pub fn wants(&self, event: EventKind, key: &[u8]) -> bool {
+        self.events.iter().any(|p| type_matches(p, event.name()))
+            && key.starts_with(self.prefix.as_bytes())
+            && key.ends_with(self.suffix.as_bytes())
+            && self
+                .regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(&String::from_utf8_lossy(key)))
     }
 
     /// Whether the object's omap (looked up by key) satisfies the omap filters.
-    pub fn omap_matches(&self, mut get: impl FnMut(&str) -> Option<Vec<u8>>) -> bool {
-        self.omap
-            .iter()
-            .all(|(k, want)| get(k).is_some_and(|v| v == want.as_bytes()))
+    pub fn omap_matches(&self, get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>>) -> Result<bool> {
+        for (k, want) in &self.omap {
+            if get(k.as_bytes())?.as_deref() != Some(want.as_bytes()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -197,7 +262,7 @@ impl<'a> Fields<'a> {
 
 /// A topic's server address, checked when the topic is written so the dispatcher never
 /// meets one it cannot connect to: `nats://HOST[:PORT]` (port 1-65535, 4222 by default).
-fn nats_url(f: &Fields<'_>, url: String) -> Result<String> {
+fn nats_url(f: &Fields<'_>, url: &str) -> Result<ServerAddr> {
     let bad = |why: &str| f.bad("url", &format!("{url:?}: {why}"));
     let Some(rest) = url.strip_prefix("nats://") else {
         return Err(bad("expected nats://HOST:PORT"));
@@ -223,9 +288,7 @@ fn nats_url(f: &Fields<'_>, url: String) -> Result<String> {
             return Err(bad("the port must be a number from 1 to 65535"));
         }
     }
-    url.parse::<async_nats::ServerAddr>()
-        .map_err(|e| bad(&e.to_string()))?;
-    Ok(url)
+    url.parse::<ServerAddr>().map_err(|e| bad(&e.to_string()))
 }
 
 /// Parses topic `name` from its TOML text.
@@ -235,10 +298,11 @@ pub fn parse_topic(name: &str, text: &str) -> Result<Topic> {
     let t = table(text, &what)?;
     let mut f = Fields::new(what, &t);
     let url = f.required("url")?;
-    let url = nats_url(&f, url)?;
+    let addr = nats_url(&f, &url)?;
     let topic = Topic {
         name: name.to_string(),
         url,
+        addr,
         subject: f.required("subject")?,
         user: f.string("user")?,
         password: f.string("password")?,
@@ -297,7 +361,7 @@ fn parse_notification(what: &str, t: &toml::Table) -> Result<Notification> {
     let id = f.required("id")?;
     f.what = format!("{what}: notification {id}");
     check_name(&id, "notification id")?;
-    let topic = f.required("topic")?;
+    let target = target(&mut f)?;
     let events = match f.get("events") {
         None => vec!["*".to_string()],
         Some(toml::Value::Array(a)) => a
@@ -306,7 +370,10 @@ fn parse_notification(what: &str, t: &toml::Table) -> Result<Notification> {
                 toml::Value::String(s) if known_pattern(s) => Ok(s.clone()),
                 _ => Err(f.bad(
                     "events",
-                    &format!("{v} is not one of {EVENT_TYPES:?} or a pattern like ObjectCreated:*"),
+                    &format!(
+                        "{v} is not one of {:?} or a pattern like ObjectCreated:*",
+                        EventKind::ALL.map(EventKind::name)
+                    ),
                 )),
             })
             .collect::<Result<_>>()?,
@@ -327,9 +394,20 @@ fn parse_notification(what: &str, t: &toml::Table) -> Result<Notification> {
             .collect::<Result<_>>()?,
         Some(_) => return Err(f.bad("omap", "expected a table of key = \"value\"")),
     };
+    let retry = Retry {
+        max_retries: f.seconds("max_retries")?.map_or(3, |n| n as u32),
+        retry_sleep: Duration::from_secs_f64(f.seconds("retry_sleep_duration")?.unwrap_or(1.0)),
+    };
+    if matches!(target, Target::Topic(_)) && retry != Retry::default_for_topic() {
+        return Err(f.bad(
+            "max_retries",
+            "retries of a topic's events are the topic's settings",
+        ));
+    }
     let n = Notification {
         id,
-        topic,
+        target,
+        retry,
         events,
         prefix: f.string("prefix")?.unwrap_or_default(),
         suffix: f.string("suffix")?.unwrap_or_default(),
@@ -341,7 +419,32 @@ fn parse_notification(what: &str, t: &toml::Table) -> Result<Notification> {
 }
 
 fn known_pattern(p: &str) -> bool {
-    EVENT_TYPES.iter().any(|t| type_matches(p, t))
+    EventKind::ALL.iter().any(|t| type_matches(p, t.name()))
+}
+
+/// `topic = "T"`, or `call = "CLASS.METHOD"` with an optional `input`: exactly one.
+fn target(f: &mut Fields<'_>) -> Result<Target> {
+    let topic = f.string("topic")?;
+    let call = f.string("call")?;
+    let input = f.string("input")?;
+    match (topic, call) {
+        (Some(t), None) if input.is_none() => Ok(Target::Topic(t)),
+        (Some(_), None) => Err(f.bad("input", "only a call takes an input")),
+        (None, Some(c)) => {
+            let (class, method) = c
+                .split_once('.')
+                .filter(|(c, m)| !c.is_empty() && !m.is_empty())
+                .ok_or_else(|| f.bad("call", &format!("{c:?} is not CLASS.METHOD")))?;
+            crate::core::class::check_class_name(class)?;
+            Ok(Target::Call {
+                class: class.to_string(),
+                method: method.to_string(),
+                input: input.unwrap_or_default().into_bytes(),
+            })
+        }
+        (Some(_), Some(_)) => Err(f.bad("call", "a notification has a topic or a call, not both")),
+        (None, None) => Err(f.bad("topic", "missing (or a call)")),
+    }
 }
 
 /// Topic names and notification ids become file names and NATS-facing ids: a safe set.
@@ -413,14 +516,18 @@ omap = { color = "red" }
         )
         .unwrap();
         let n = &list[0];
-        assert!(n.wants("ObjectCreated:Put", "img/12.jpg"));
-        assert!(n.wants("ObjectCreated:Copy", "img/12.jpg"));
-        assert!(!n.wants("ObjectRemoved:Delete", "img/12.jpg"));
-        assert!(!n.wants("ObjectCreated:Put", "img/x.jpg"));
-        assert!(!n.wants("ObjectCreated:Put", "img/12.png"));
-        assert!(n.omap_matches(|k| (k == "color").then(|| b"red".to_vec())));
-        assert!(!n.omap_matches(|_| Some(b"blue".to_vec())));
-        assert!(!n.omap_matches(|_| None));
+        use EventKind::*;
+        assert_eq!(n.target, Target::Topic("t".into()));
+        assert!(n.wants(Put, b"img/12.jpg"));
+        assert!(n.wants(Copy, b"img/12.jpg"));
+        assert!(!n.wants(Delete, b"img/12.jpg"));
+        assert!(!n.wants(MetadataSet, b"img/12.jpg"));
+        assert!(!n.wants(Put, b"img/x.jpg"));
+        assert!(!n.wants(Put, b"img/12.png"));
+        let red = |k: &[u8]| Ok((k == b"color").then(|| b"red".to_vec()));
+        assert!(n.omap_matches(red).unwrap());
+        assert!(!n.omap_matches(|_| Ok(Some(b"blue".to_vec()))).unwrap());
+        assert!(!n.omap_matches(|_| Ok(None)).unwrap());
         let e = parse_notifications(
             "b",
             "[[notification]]\nid=\"a\"\ntopic=\"t\"\nevents=[\"Bogus\"]",
@@ -433,5 +540,30 @@ omap = { color = "red" }
         )
         .unwrap_err();
         assert!(e.to_string().contains("used twice"), "{e}");
+    }
+
+    #[test]
+    fn a_notification_has_a_topic_or_a_call() {
+        let list = parse_notifications(
+            "b",
+            "[[notification]]\nid = \"t\"\ncall = \"thumb.make\"\ninput = \"200x150\"\nevents = [\"ObjectMetadata:Set\"]",
+        )
+        .unwrap();
+        let want = Target::Call {
+            class: "thumb".into(),
+            method: "make".into(),
+            input: b"200x150".to_vec(),
+        };
+        assert_eq!(list[0].target, want);
+        assert_eq!(list[0].target.queued_as(), "call:thumb.make");
+        for bad in [
+            "topic = \"x\"\ncall = \"a.b\"",
+            "call = \"nomethod\"",
+            "topic = \"x\"\ninput = \"i\"",
+            "",
+        ] {
+            let text = format!("[[notification]]\nid = \"n\"\n{bad}");
+            assert!(parse_notifications("b", &text).is_err(), "{bad}");
+        }
     }
 }

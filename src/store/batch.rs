@@ -4,6 +4,7 @@
 
 use rocksdb::WriteBatch;
 
+use super::codec::events::{EtagRecord, GlobalValue, QueuedEvent};
 use super::codec::{encode_blob, Dentry, Inode};
 use super::keys::{self, Ino};
 use super::schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
@@ -30,6 +31,13 @@ impl<'a> Batch<'a> {
             .put_cf(meta, keys::META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
         self.wb
             .put_cf(meta, keys::META_CHUNK_SIZE, CHUNK_SIZE.to_be_bytes());
+        self.put_inode_names_done();
+    }
+
+    /// Marks that every inode record carries its name (see `keys::META_INODE_NAMES`).
+    pub fn put_inode_names_done(&mut self) {
+        self.wb
+            .put_cf(self.store.cf(Cf::Meta), keys::META_INODE_NAMES, [1u8]);
     }
 
     pub fn put_ino_reserved(&mut self, below: Ino) {
@@ -168,13 +176,10 @@ impl<'a> Batch<'a> {
         self.wb.delete_range_cf(s.cf(Cf::Xattrs), lo, hi);
     }
 
-    /// Queues an event record (see `Cf::Queue`).
-    pub fn put_event(&mut self, seq: u64, record: &[u8]) {
-        self.wb.put_cf(
-            self.store.cf(Cf::Queue),
-            keys::event(seq),
-            encode_blob(record),
-        );
+    /// Queues an event (see `Cf::Queue`).
+    pub fn put_event(&mut self, seq: u64, event: &QueuedEvent) {
+        self.wb
+            .put_cf(self.store.cf(Cf::Queue), keys::event(seq), event.encode());
     }
 
     pub fn delete_event(&mut self, seq: u64) {
@@ -196,8 +201,8 @@ impl<'a> Batch<'a> {
     }
 
     /// Records the MD5 of `ino`'s content (see `keys::ETAG`).
-    pub fn put_etag(&mut self, ino: Ino, record: &[u8]) {
-        self.put_xattr(ino, keys::ETAG, record);
+    pub fn put_etag(&mut self, ino: Ino, record: &EtagRecord) {
+        self.put_xattr(ino, keys::ETAG, &record.encode());
     }
 
     pub fn put_notify(&mut self, kind: u8, name: &str, value: &[u8]) {
@@ -213,12 +218,9 @@ impl<'a> Batch<'a> {
             .delete_cf(self.store.cf(Cf::Notify), keys::notify_item(kind, name));
     }
 
-    pub fn put_global(&mut self, key: &str, value: &[u8]) {
-        self.wb.put_cf(
-            self.store.cf(Cf::Global),
-            key.as_bytes(),
-            encode_blob(value),
-        );
+    pub fn put_global(&mut self, key: &str, value: &GlobalValue) {
+        self.wb
+            .put_cf(self.store.cf(Cf::Global), key.as_bytes(), value.encode());
     }
 
     pub fn delete_global(&mut self, key: &str) {

@@ -9,7 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 use crate::store::keys::Ino;
 
+pub mod events;
+
 const V1: u8 = 1;
+/// Inode records since names were kept in them.
+const INODE_V2: u8 = 2;
 
 /// What an inode is. The numbers are on disk: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +104,14 @@ pub struct Inode {
     pub ctime: Timestamp,
     pub crtime: Timestamp,
     pub rdev: u32,
-    /// The directory holding this one; only meaningful for directories, which have exactly
-    /// one parent (it answers `..` and the rename loop check).
+    /// The directory holding this inode under `name`: for a directory its one parent (it
+    /// answers `..` and the rename loop check), for anything else the directory of its
+    /// primary name (the name it was created, linked or last renamed under).
     pub parent: Ino,
+    /// The inode's primary name in `parent`, so its bucket and key follow from the inode
+    /// alone. Empty when unknown: a store from before names were kept, or a hard-linked file
+    /// whose primary name was removed (then a scan finds another).
+    pub name: Vec<u8>,
     /// The bucket (top-level directory) this inode lives in, by its inode number; 0 for the
     /// root. Rename and link compare it to refuse crossing buckets with EXDEV.
     pub bucket: Ino,
@@ -113,9 +122,10 @@ pub struct Inode {
 const INODE_FIXED: usize = 1 + 1 + 2 + 4 + 4 + 4 + 8 + 4 * 12 + 4 + 8 + 8;
 
 impl Inode {
+    /// v2: the fixed fields, the name (a u16 length, then the bytes), then the target.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(INODE_FIXED + self.target.len());
-        v.push(V1);
+        let mut v = Vec::with_capacity(INODE_FIXED + 2 + self.name.len() + self.target.len());
+        v.push(INODE_V2);
         v.push(self.kind as u8);
         v.extend_from_slice(&self.perm.to_be_bytes());
         v.extend_from_slice(&self.uid.to_be_bytes());
@@ -129,13 +139,21 @@ impl Inode {
         v.extend_from_slice(&self.rdev.to_be_bytes());
         v.extend_from_slice(&self.parent.to_be_bytes());
         v.extend_from_slice(&self.bucket.to_be_bytes());
+        // Names are at most 255 bytes (NAME_MAX); anything longer is not stored.
+        let name = if self.name.len() <= u16::MAX as usize {
+            &self.name[..]
+        } else {
+            &[]
+        };
+        v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        v.extend_from_slice(name);
         v.extend_from_slice(&self.target);
         v
     }
 
     pub fn decode(ino: Ino, v: &[u8]) -> Result<Inode> {
         let corrupt = || Error::Corrupt(format!("inode {ino}: bad record of {} bytes", v.len()));
-        if v.len() < INODE_FIXED || v[0] != V1 {
+        if v.len() < INODE_FIXED || (v[0] != V1 && v[0] != INODE_V2) {
             return Err(corrupt());
         }
         let mut r = Reader { buf: v, pos: 1 };
@@ -155,6 +173,15 @@ impl Inode {
         let rdev = r.u32();
         let parent = r.u64();
         let bucket = r.u64();
+        let mut name = Vec::new();
+        if v[0] == INODE_V2 {
+            if v.len() < r.pos + 2 {
+                return Err(corrupt());
+            }
+            let len = r.u16() as usize;
+            name = v.get(r.pos..r.pos + len).ok_or_else(corrupt)?.to_vec();
+            r.pos += len;
+        }
         Ok(Inode {
             ino,
             kind,
@@ -169,6 +196,7 @@ impl Inode {
             crtime: times[3],
             rdev,
             parent,
+            name,
             bucket,
             target: v[r.pos..].to_vec(),
         })
@@ -274,6 +302,7 @@ mod tests {
             crtime: Timestamp { sec: 0, nsec: 0 },
             rdev: 0,
             parent: 4,
+            name: b"link".to_vec(),
             bucket: 2,
             target: b"../x\0y".to_vec(),
         }
@@ -283,6 +312,18 @@ mod tests {
     fn inode_round_trips() {
         let ino = sample();
         assert_eq!(Inode::decode(9, &ino.encode()).unwrap(), ino);
+    }
+
+    #[test]
+    fn a_v1_inode_reads_with_no_name() {
+        let mut ino = sample();
+        let mut v1 = ino.encode();
+        // A v1 record: no name field, version 1.
+        v1[0] = V1;
+        let at = INODE_FIXED;
+        v1.drain(at..at + 2 + ino.name.len());
+        ino.name.clear();
+        assert_eq!(Inode::decode(9, &v1).unwrap(), ino);
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub const META_EVENT_RESERVED: &[u8] = b"event_reserved";
 /// stores publishing to one JetStream stream never share an id.
 pub const META_STORE_ID: &[u8] = b"store_id";
 
+/// `meta`: present once every inode record carries its name (`Inode::name`): a store from
+/// before names were kept gets them filled in once, at its next mount.
+pub const META_INODE_NAMES: &[u8] = b"inode_names";
+
 /// `xattrs`: the MD5 of an object's content as of its last event (size, mtime and digest),
 /// so a rename need not read the object again. NUL-prefixed like `OMAP_HEADER`.
 pub const ETAG: &[u8] = b"\0etag";
@@ -115,6 +119,13 @@ pub fn event(seq: u64) -> [u8; 8] {
 pub fn decode_event(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.try_into().ok()?))
 }
+
+/// `notify` kinds: a topic, a bucket's notifications, a bucket's notification script, the
+/// background script (whose name is empty).
+pub const SETTING_TOPIC: u8 = b't';
+pub const SETTING_NOTIFICATIONS: u8 = b'n';
+pub const SETTING_SCRIPT: u8 = b's';
+pub const SETTING_BACKGROUND: u8 = b'b';
 
 /// `notify`: a one-byte kind and the item's name.
 pub fn notify_item(kind: u8, name: &str) -> Vec<u8> {

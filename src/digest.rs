@@ -1,0 +1,32 @@
+//! MD5 digests as lower-case hex: S3 eTags (core) and the `digest` module scripts use (lua).
+//! The one hashing helper, at the root so that both layers use it without reaching into
+//! each other.
+
+use md5::{Digest, Md5};
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// The hex MD5 a hasher has been fed.
+pub fn md5_hex(h: Md5) -> String {
+    hex(h.finalize().as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lower_case_and_two_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(md5_hex(Md5::new()), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+}

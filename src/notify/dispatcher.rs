@@ -1,0 +1,503 @@
+//! The dispatcher's rounds: read pending events from core in order, deliver each (publish
+//! through its bucket's script, or run its trigger), acknowledge what is done.
+//!
+//! A round reads from the first event still waiting (or a lower one committed since:
+//! commits land out of sequence order), not from the queue's start, so it does not step
+//! over the tombstones of delivered events. An event leaves the queue only once its
+//! messages are published (core NATS: after a flush; JetStream: after every PubAck) or its
+//! trigger ran. A failed event (script error, server down, no PubAck, failed trigger) waits
+//! `backoff(attempt)` and is tried again; later events of the same object wait behind it,
+//! and behind a held one, so each object's events arrive in order. `max_retries` and
+//! `time_to_live` drop an event: counted and logged. While a topic's server is not
+//! connected its events wait without using up retries; a full round at least every 5 s
+//! catches a reconnect and drops what outlived its time_to_live.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::config::{Retry as RetryPolicy, Target, Topic};
+use super::nats::{Msg, Nats, Outgoing};
+use super::routes::{Routes, Settings};
+use super::trigger::{self, Ran};
+use super::{record, script, Counters, Signal};
+use crate::core::call::AfterCall;
+use crate::core::events::PendingEvent;
+use crate::core::Core;
+use crate::error::Result;
+use crate::store::codec::events::QueuedEvent;
+
+/// Events read per page, and most handled per round.
+const PAGE: usize = 512;
+const ROUND: usize = 8192;
+/// The longest time between two full rounds.
+const FULL_ROUND_EVERY: Duration = Duration::from_secs(5);
+/// A topic's delivery failures are logged at warn at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+struct Retry {
+    attempts: u32,
+    due: Instant,
+    /// The event's object: its later events wait behind this one.
+    ino: u64,
+}
+
+/// An event whose messages were sent, waiting for its flush or acks.
+struct Sent {
+    seq: u64,
+    ino: u64,
+    topic: Topic,
+    out: Outgoing,
+}
+
+enum Step {
+    /// Not now (behind an earlier event of its object, held, or backing off).
+    Wait,
+    Sent(Box<Sent>),
+    /// Done: delivered, or its trigger ran (or was skipped).
+    Done,
+    Drop(String),
+}
+
+pub(super) struct Worker {
+    pub core: Arc<Core>,
+    pub routes: Arc<Routes>,
+    pub nats: Nats,
+    pub after: Arc<dyn AfterCall>,
+    pub signal: Arc<Signal>,
+    pub counters: Arc<Counters>,
+    pub background_interval: Duration,
+    pub background_due: Instant,
+    /// Connections (by `Topic::connection_key`) found not connected: their events wait,
+    /// without using up retries, until a reconnect (or the next full round).
+    down: HashSet<String>,
+    last_full: Instant,
+    retries: HashMap<u64, Retry>,
+    /// Every event below was delivered or dropped, unless a commit since says otherwise:
+    /// where a full round starts.
+    floor: u64,
+    /// Every event below was read by a round: while no retry is due, a round starts here.
+    high: u64,
+    /// The last round sent events, so later events of their objects waited.
+    rescan: bool,
+    /// When each topic's failures were last logged at warn, and how many since.
+    warned: HashMap<String, (Instant, u64)>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        core: Arc<Core>,
+        routes: Arc<Routes>,
+        nats: Nats,
+        after: Arc<dyn AfterCall>,
+        signal: Arc<Signal>,
+        counters: Arc<Counters>,
+        background_interval: Duration,
+    ) -> Worker {
+        Worker {
+            core,
+            routes,
+            nats,
+            after,
+            signal,
+            counters,
+            background_interval,
+            background_due: Instant::now() + background_interval,
+            down: HashSet::new(),
+            last_full: Instant::now(),
+            retries: HashMap::new(),
+            floor: 0,
+            high: 0,
+            rescan: false,
+            warned: HashMap::new(),
+        }
+    }
+
+    pub fn run(&mut self) {
+        // Client and JetStream handles are made and dropped inside the runtime's context.
+        let handle = self.nats.handle();
+        let _entered = handle.enter();
+        tracing::debug!("dispatcher started");
+        while !self.signal.stop.load(Ordering::Relaxed) {
+            // A bug met by one round (one topic's odd state) must not end delivery for
+            // every topic: the round is logged and the next one starts from the queue.
+            let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.round()));
+            let busy = match round {
+                Ok(Ok(n)) => n > 0,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "dispatcher round failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::error!("dispatcher round panicked; continuing with the next round");
+                    false
+                }
+            };
+            if Instant::now() >= self.background_due {
+                self.background();
+                self.background_due = Instant::now() + self.background_interval;
+            }
+            if !busy {
+                self.signal.wait(self.idle_time());
+            }
+        }
+        tracing::debug!("dispatcher stopped");
+    }
+
+    /// How long to sleep when nothing wakes the dispatcher.
+    fn idle_time(&self) -> Duration {
+        let next_retry = self.retries.values().map(|r| r.due).min();
+        [Some(self.background_due), next_retry]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(super::IDLE, |t| t.saturating_duration_since(Instant::now()))
+            .min(super::IDLE)
+    }
+
+    /// Whether this round reads from the floor (else only what no round read yet).
+    fn full_round(&mut self, now: Instant) -> bool {
+        let reconnected = self.nats.connected.swap(false, Ordering::AcqRel);
+        let due = reconnected || now >= self.last_full + FULL_ROUND_EVERY;
+        if due {
+            self.down.clear();
+        }
+        let full =
+            due || std::mem::take(&mut self.rescan) || self.retries.values().any(|r| r.due <= now);
+        if full {
+            self.last_full = now;
+        }
+        full
+    }
+
+    /// Delivers what is due; returns how many events left the queue.
+    fn round(&mut self) -> Result<usize> {
+        let full = self.full_round(Instant::now());
+        let mut blocked: HashSet<u64> = match full {
+            true => HashSet::new(),
+            false => self.retries.values().map(|r| r.ino).collect(),
+        };
+        // Lowered first, so they stay right if the round fails half-way.
+        let low = self.core.take_committed_low();
+        self.floor = self.floor.min(low);
+        self.high = self.high.min(low);
+        let mut from = if full { self.floor } else { self.high };
+        let (mut seen, mut done, mut waiting) = (0, 0, None);
+        while seen < ROUND {
+            let page = self.core.pending_events(from, PAGE)?;
+            let Some(last) = page.last().map(|p| p.seq) else {
+                break;
+            };
+            from = last + 1;
+            seen += page.len();
+            let seqs: Vec<u64> = page.iter().map(|p| p.seq).collect();
+            let finished = self.page(page, &mut blocked);
+            if waiting.is_none() {
+                let gone: HashSet<u64> = finished.iter().copied().collect();
+                waiting = seqs.into_iter().find(|seq| !gone.contains(seq));
+            }
+            self.core.ack_events(&finished)?;
+            for seq in &finished {
+                self.retries.remove(seq);
+            }
+            done += finished.len();
+        }
+        match (full, waiting) {
+            (true, w) => self.floor = w.unwrap_or(from),
+            (false, Some(w)) => self.floor = self.floor.min(w),
+            (false, None) => {}
+        }
+        self.high = from;
+        Ok(done)
+    }
+
+    /// Handles one page; returns the events that are finished (delivered or dropped).
+    fn page(&mut self, page: Vec<PendingEvent>, blocked: &mut HashSet<u64>) -> Vec<u64> {
+        let (mut sent, mut finished) = (Vec::new(), Vec::new());
+        for p in page {
+            let seq = p.seq;
+            match self.step(p, blocked) {
+                Step::Wait => {}
+                Step::Sent(s) => {
+                    // One unsettled event per object: a later one could be acked while
+                    // this one fails, and arrive first. It waits for the next round.
+                    blocked.insert(s.ino);
+                    self.rescan = true;
+                    sent.push(*s)
+                }
+                Step::Done => finished.push(seq),
+                Step::Drop(why) => {
+                    tracing::warn!(seq, reason = %why, "event dropped");
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    finished.push(seq)
+                }
+            }
+        }
+        for s in sent {
+            match self.settle(&s.topic, s.out) {
+                Ok(()) => finished.push(s.seq),
+                Err(why) => {
+                    blocked.insert(s.ino);
+                    let (name, retry) = (s.topic.name.clone(), topic_retry(&s.topic));
+                    if self.failed((s.seq, s.ino), &name, &retry, &why) {
+                        finished.push(s.seq);
+                    }
+                }
+            }
+        }
+        finished
+    }
+
+    /// What to do with one pending event now.
+    fn step(&mut self, p: PendingEvent, blocked: &mut HashSet<u64>) -> Step {
+        let seq = p.seq;
+        if let Some(r) = self.retries.get(&seq).filter(|r| r.due > Instant::now()) {
+            blocked.insert(r.ino);
+            return Step::Wait;
+        }
+        let event = match p.event {
+            Ok(e) => e,
+            Err(e) => return Step::Drop(format!("queued event {seq}: {e}")),
+        };
+        if p.held || blocked.contains(&event.ino) {
+            blocked.insert(event.ino);
+            return Step::Wait;
+        }
+        let settings = self.routes.settings();
+        let step = match event.target.starts_with("call:") {
+            true => self.trigger(seq, &event, &settings),
+            false => self.deliver(seq, &event, &settings),
+        };
+        if matches!(step, Step::Wait) {
+            blocked.insert(event.ino);
+        }
+        step
+    }
+
+    /// Publishes one event to its topic (through its bucket's script, if any).
+    fn deliver(&mut self, seq: u64, event: &QueuedEvent, settings: &Settings) -> Step {
+        let id = record::event_id(seq, self.core.store_id());
+        let Some(topic) = settings.topics.get(&event.target).cloned() else {
+            return Step::Drop(format!("{id}: topic {} was removed", event.target));
+        };
+        if let Some(ttl) = topic.time_to_live {
+            let age = record::millis(SystemTime::now()).saturating_sub(event.time_ms);
+            if age > ttl.as_millis() as u64 {
+                return Step::Drop(format!(
+                    "{id}: older than time_to_live of topic {}",
+                    topic.name
+                ));
+            }
+        }
+        // The server not connected: the event waits without using up a retry, and without
+        // running the script (whose side effects, like RGW counters, would repeat).
+        if self.down.contains(&topic.connection_key()) || !self.connected(&topic) {
+            return Step::Wait;
+        }
+        let record = record::record(event, seq, self.core.store_id(), &topic.opaque_data);
+        let script = settings.scripts.get(&event.bucket);
+        let messages = match script::event_messages(&self.core, settings, script, &record, &topic) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.script_errors.fetch_add(1, Ordering::Relaxed);
+                let why = format!("script of bucket {}: {e}", event.bucket);
+                return self.fail((seq, event.ino), &topic.name, &topic_retry(&topic), &why);
+            }
+        };
+        // A script may route to another topic whose server is not connected: publish
+        // fails and the event is retried.
+        match self.nats.publish(&messages, Some(&id), &settings.topics) {
+            Ok(out) => Step::Sent(Box::new(Sent {
+                seq,
+                ino: event.ino,
+                topic,
+                out,
+            })),
+            Err(why) => self.fail((seq, event.ino), &topic.name, &topic_retry(&topic), &why),
+        }
+    }
+
+    /// Runs one event's trigger.
+    fn trigger(&mut self, seq: u64, event: &QueuedEvent, settings: &Settings) -> Step {
+        let n = settings.notification(&event.bucket, &event.notification);
+        let Some((
+            n,
+            Target::Call {
+                class,
+                method,
+                input,
+            },
+        )) = n.map(|n| (n, &n.target))
+        else {
+            return Step::Drop(format!(
+                "trigger {} of bucket {} was removed",
+                event.notification, event.bucket
+            ));
+        };
+        let call = (
+            n.id.as_str(),
+            class.as_str(),
+            method.as_str(),
+            input.as_slice(),
+        );
+        let c = &self.counters;
+        match trigger::run(&self.core, self.after.as_ref(), event, call) {
+            Ok(Ran::Done) => {
+                c.triggers_run.fetch_add(1, Ordering::Relaxed);
+                Step::Done
+            }
+            Ok(Ran::Skipped(why)) => {
+                c.triggers_skipped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(trigger = %n.id, reason = %why, "trigger skipped");
+                Step::Done
+            }
+            Ok(Ran::Failed(why)) => {
+                c.triggers_failed.fetch_add(1, Ordering::Relaxed);
+                let name = format!("call:{class}.{method}");
+                self.fail((seq, event.ino), &name, &n.retry, &why)
+            }
+            Err(e) => {
+                c.triggers_failed.fetch_add(1, Ordering::Relaxed);
+                let name = format!("call:{class}.{method}");
+                self.fail((seq, event.ino), &name, &n.retry, &e.to_string())
+            }
+        }
+    }
+
+    /// Whether `topic`'s connection is up (recorded in its state); if not, it is marked
+    /// down until the next full round or a reconnect.
+    fn connected(&mut self, topic: &Topic) -> bool {
+        let up = self.nats.is_up(topic);
+        self.counters.topic_connected(&topic.name, up);
+        if !up {
+            self.down.insert(topic.connection_key());
+        }
+        up
+    }
+
+    /// Waits for the flushes and acks of one sent event.
+    fn settle(&mut self, topic: &Topic, out: Outgoing) -> std::result::Result<(), String> {
+        let mut result = Ok(());
+        for key in &out.conns {
+            if let Err(e) = self.nats.flush(key) {
+                result = Err(e);
+            }
+        }
+        for ack in out.acks {
+            if let Err(e) = self.nats.ack(ack) {
+                result = Err(e);
+            }
+        }
+        if result.is_ok() {
+            let c = &self.counters;
+            c.published.fetch_add(out.messages, Ordering::Relaxed);
+            c.delivered.fetch_add(1, Ordering::Relaxed);
+            c.topic_delivered(&topic.name);
+        }
+        result
+    }
+
+    /// A failed attempt, as a step.
+    fn fail(&mut self, at: (u64, u64), name: &str, retry: &RetryPolicy, why: &str) -> Step {
+        match self.failed(at, name, retry, why) {
+            true => Step::Drop(format!("{name}: {why}")),
+            false => Step::Wait,
+        }
+    }
+
+    /// Records a failed attempt of event `seq` of object `ino` bound for `name`; returns
+    /// true if the event is to be dropped.
+    fn failed(
+        &mut self,
+        (seq, ino): (u64, u64),
+        name: &str,
+        retry: &RetryPolicy,
+        why: &str,
+    ) -> bool {
+        self.counters.topic_failed(name, why);
+        self.warn(name, why);
+        let r = self.retries.entry(seq).or_insert(Retry {
+            attempts: 0,
+            due: Instant::now(),
+            ino,
+        });
+        r.attempts += 1;
+        if retry.max_retries > 0 && r.attempts > retry.max_retries {
+            tracing::warn!(
+                seq,
+                target = name,
+                attempts = r.attempts,
+                error = why,
+                "event dropped after max_retries"
+            );
+            return true;
+        }
+        r.due = Instant::now() + retry.backoff(r.attempts);
+        self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Logs a delivery failure at warn, at most once per `WARN_EVERY` for each target.
+    fn warn(&mut self, name: &str, why: &str) {
+        let now = Instant::now();
+        let entry = self
+            .warned
+            .entry(name.to_string())
+            .or_insert((now - WARN_EVERY, 0));
+        if now.duration_since(entry.0) >= WARN_EVERY {
+            let since = std::mem::take(&mut entry.1);
+            tracing::warn!(
+                target = name,
+                error = why,
+                more_since_last_warning = since,
+                "delivery failed; will retry"
+            );
+            entry.0 = now;
+        } else {
+            entry.1 += 1;
+            tracing::debug!(target = name, error = why, "delivery failed; will retry");
+        }
+    }
+
+    /// One run of the background script, if there is one; its messages go out at once.
+    fn background(&mut self) {
+        let settings = self.routes.settings();
+        let Some(script) = settings.background.clone() else {
+            return;
+        };
+        self.counters
+            .background_runs
+            .fetch_add(1, Ordering::Relaxed);
+        let messages: Vec<Msg> = match script::background_messages(&self.core, &settings, &script) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.script_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "background script failed");
+                return;
+            }
+        };
+        let sent = self.nats.publish(&messages, None, &settings.topics);
+        let flushed = sent.and_then(|out| {
+            let mut r = Ok(());
+            for key in &out.conns {
+                r = r.and(self.nats.flush(key));
+            }
+            for ack in out.acks {
+                r = r.and(self.nats.ack(ack));
+            }
+            r
+        });
+        if let Err(e) = flushed {
+            tracing::warn!(error = %e, "background script messages were not all published");
+        }
+    }
+}
+
+fn topic_retry(topic: &Topic) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: topic.max_retries,
+        retry_sleep: topic.retry_sleep,
+    }
+}
