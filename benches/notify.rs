@@ -113,14 +113,31 @@ fn main() {
     let first = closed.values().min().unwrap();
     let last = got.iter().map(|(_, a)| *a).max().unwrap();
     let slow_events = rate(files, last.duration_since(*first).as_secs_f64());
+    // The failing events are dropped after two retries, so the queue is empty again for
+    // the trigger workloads.
+    topic(&fs, "t", &nats.url(), "bench.core", "max_retries = 2\n");
     fs::write(
         fs.path(".lunafs/notify/watched.lua"),
         "error('failing on purpose')\n",
     )
     .unwrap();
     let failing_create = rate(files, create(&fs.path("watched"), "failing", files).1);
-    let stats: serde_json::Value =
-        serde_json::from_slice(&fs::read(fs.path(".lunafs/stats")).unwrap()).unwrap();
+    let stats = fs.stats();
+    fs::remove_file(fs.path(".lunafs/notify/watched.lua")).unwrap();
+    topic(&fs, "t", &nats.url(), "bench.core", "");
+    let deadline = Instant::now() + WAIT;
+    while fs.stats()["events_pending"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failing events were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 5. Triggers: each Put runs a handler on its object, whose omap change is published;
+    // its arrival marks the trigger done.
+    let (trigger_rate, mut trigger_burst, mut trigger_idle) =
+        triggers(&fs, &arrivals, files, paced);
 
     println!("## Notifications ({files} x 4 KiB files per run, median of {rounds})\n");
     println!("| workload | result |\n|---|---|");
@@ -155,12 +172,19 @@ fn main() {
         "| script errors counted by then (`/.lunafs/stats`) | {} |",
         stats["delivery"]["script_errors"]
     );
+    println!("| triggered handler calls, first close to last done (calls/s) | {trigger_rate:.0} |");
     println!();
     println!("| close-to-subscriber latency | events | p50 (ms) | p99 (ms) |\n|---|---|---|---|");
     let bursts = format!("during the {files}-file bursts");
+    let trigger_bursts = format!("close to trigger done, {files}-file burst");
     for (name, lat) in [
         ("one file at a time", &mut idle),
         (bursts.as_str(), &mut burst),
+        (
+            "close to trigger done, one file at a time",
+            &mut trigger_idle,
+        ),
+        (trigger_bursts.as_str(), &mut trigger_burst),
     ] {
         lat.sort();
         let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
@@ -171,6 +195,42 @@ fn main() {
             p(0.99).as_secs_f64() * 1e3
         );
     }
+}
+
+/// The trigger workloads: a bucket whose Puts run `mark.done` (an omap write), whose
+/// `ObjectMetadata:Set` is published; returns triggered calls/s over a burst of `files`, and
+/// close-to-done latencies during the burst and one file at a time.
+fn triggers(
+    fs: &TestFs,
+    arrivals: &Arrivals,
+    files: usize,
+    paced: usize,
+) -> (f64, Vec<Duration>, Vec<Duration>) {
+    fs.bucket("triggered");
+    fs.put_class(
+        "mark",
+        "function done(i, o) objclass.map_set_val('done', '1') end objclass.register(done)",
+    );
+    let toml = "[[notification]]\nid = \"mark\"\ncall = \"mark.done\"\nevents = [\"ObjectCreated:Put\"]\n\
+                [[notification]]\nid = \"done\"\ntopic = \"t\"\nevents = [\"ObjectMetadata:Set\"]\n";
+    fs::write(fs.path(".lunafs/notifications/triggered.toml"), toml).unwrap();
+    let (closed, _) = create(&fs.path("triggered"), "burst", files);
+    let got = arrivals.collect(&closed, WAIT);
+    let first = closed.values().min().unwrap();
+    let last = got.iter().map(|(_, a)| *a).max().unwrap();
+    let calls = rate(files, last.duration_since(*first).as_secs_f64());
+    let burst = got.iter().map(|(c, a)| a.duration_since(*c)).collect();
+    let mut idle = Vec::new();
+    for i in 0..paced {
+        let (closed, _) = create(&fs.path("triggered"), &format!("paced{i}"), 1);
+        idle.extend(
+            arrivals
+                .collect(&closed, WAIT)
+                .iter()
+                .map(|(c, a)| a.duration_since(*c)),
+        );
+    }
+    (calls, burst, idle)
 }
 
 /// Creates `n` files of 4 KiB under `bucket/dir/d0..d9`; returns each file's key and the time

@@ -330,11 +330,7 @@ fn device_nodes_keep_their_type_and_number_and_open_the_hosts_device() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not permitted"));
     let out = run_as(65534, &["mknod", other.to_str().unwrap(), "p"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     // They survive a remount, and the store checks clean.
     t.remount();
     let null = fs::metadata(t.path("b/null")).unwrap();
@@ -425,11 +421,7 @@ fn permissions_are_enforced_for_other_users() {
         nobody,
         &["chmod", "600", b.join("public").to_str().unwrap()],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     let meta = fs::metadata(b.join("public")).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody, 0o600));
 }

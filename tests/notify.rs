@@ -751,3 +751,303 @@ fn a_topic_url_that_does_not_parse_is_refused_and_delivery_goes_on() {
     fs::write(fs.path("b/f"), b"x").unwrap();
     assert_eq!(sub.take(1, WAIT).len(), 1);
 }
+
+/// The key and size of each message, in arrival order.
+fn keys_and_sizes(got: &[common::nats::Received]) -> Vec<(String, u64)> {
+    got.iter()
+        .map(|m| {
+            let o = &m.record()["s3"]["object"];
+            (
+                o["key"].as_str().unwrap().to_string(),
+                o["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shell_redirects_dd_dup_and_dup2_give_exactly_one_put_each() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "one.>");
+    let fs = TestFs::mount();
+    let b = fs.bucket("s");
+    topic(&fs, "t", &nats, "one.s", "");
+    notifications(&fs, "s", &all_events("n", "t"));
+    let dir = b.display();
+    let py = |body: &str| format!("python3 -c \"import os\n{body}\"");
+    let forms = [
+        format!("bash -c 'echo x > {dir}/echo'"),
+        format!("bash -c 'printf yy > {dir}/printf'"),
+        format!("bash -c 'head -c 5 /dev/zero > {dir}/cmd'"),
+        format!("dd if=/dev/zero of={dir}/dd bs=1k count=3 status=none"),
+        py(&format!(
+            "fd = os.open('{dir}/dup', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\nd = os.dup(fd)\nos.write(d, b'abc')\nos.close(fd)\nos.write(d, b'def')\nos.close(d)"
+        )),
+        py(&format!(
+            "fd = os.open('{dir}/dup2', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\nos.dup2(fd, 9)\nos.close(fd)\nos.write(9, b'ab')\nos.close(9)"
+        )),
+    ];
+    for form in &forms {
+        sh(form);
+    }
+    let want = [
+        ("echo", 2),
+        ("printf", 2),
+        ("cmd", 5),
+        ("dd", 3072),
+        ("dup", 6),
+        ("dup2", 2),
+    ];
+    let got = sub.take(want.len(), WAIT);
+    let mut got = keys_and_sizes(&got);
+    // Nothing more comes: no early Put of size 0 before any of them.
+    got.extend(keys_and_sizes(&sub.take(1, Duration::from_secs(1))));
+    got.sort();
+    let mut want: Vec<(String, u64)> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_kill_right_after_a_shell_close_keeps_its_one_put() {
+    let mut nats = Nats::stopped();
+    let mut fs = TestFs::mount();
+    let b = fs.bucket("k");
+    topic(&fs, "t", &nats, "kill1.ev", "");
+    notifications(&fs, "k", &all_events("n", "t"));
+    sh(&format!("bash -c 'echo hello > {}/f'", b.display()));
+    fs.kill9();
+    nats.run();
+    let mut sub = Sub::new(&nats.url(), "kill1.ev");
+    fs.restart();
+    let got = sub.take(1, WAIT);
+    assert_eq!(keys_and_sizes(&got), [("f".to_string(), 6)]);
+    assert!(sub.take(1, Duration::from_secs(1)).is_empty(), "one Put");
+}
+
+#[test]
+fn a_topic_whose_server_is_down_shows_in_stats_and_warns() {
+    let nats = Nats::stopped();
+    let fs = TestFs::mount();
+    let b = fs.bucket("d");
+    topic(&fs, "down", &nats, "down.ev", "");
+    notifications(&fs, "d", &all_events("n", "down"));
+    fs::write(b.join("f"), b"x").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = fs.stats();
+        let t = &s["delivery"]["topics"]["down"];
+        if t["state"] == "disconnected" && t["last_error"].is_string() {
+            assert!(s["events_pending"].as_u64().unwrap() >= 1, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = fs.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("down") && l.contains("not connected")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_jetstream_topic_needs_a_stream_for_its_subject() {
+    let mut nats = Nats::start();
+    let sub = Sub::new(&nats.url(), "js-check");
+    sub.create_stream("CHECKED", &["checked.>"]);
+    let fs = TestFs::mount();
+    let text = |subject: &str| {
+        format!(
+            "url = \"{}\"\nsubject = \"{subject}\"\njetstream = true\n",
+            nats.url()
+        )
+    };
+    let e = write_closed(fs.path(".lunafs/topics/none.toml"), &text("nostream.x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    assert!(fs.log().contains("no JetStream stream"), "{}", fs.log());
+    write_closed(fs.path(".lunafs/topics/ok.toml"), &text("checked.a")).unwrap();
+    // A server that does not answer cannot say: the topic is stored, with a warning.
+    let url = nats.url();
+    drop(sub);
+    nats.stop();
+    let unchecked = format!("url = \"{url}\"\nsubject = \"any\"\njetstream = true\n");
+    write_closed(fs.path(".lunafs/topics/later.toml"), &unchecked).unwrap();
+    assert!(fs.log().contains("stored unchecked"), "{}", fs.log());
+}
+
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    }));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn cp_of_a_jpeg_leaves_a_thumbnail_in_the_omap_with_no_client_call() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "thumbs.>");
+    let fs = TestFs::mount();
+    let b = fs.bucket("photos");
+    fs.put_shipped_class("thumb");
+    topic(&fs, "t", &nats, "thumbs.ev", "");
+    notifications(&fs, "photos", &all_events("all", "t"));
+    // The trigger as a user adds it.
+    let out = Command::new(common::LUNAFS)
+        .args([
+            "notification",
+            "put",
+            "photos",
+            "thumbs",
+            "--call",
+            "thumb.make",
+        ])
+        .args([
+            "--input",
+            "200x150",
+            "--event",
+            "ObjectCreated:*",
+            "--suffix",
+            ".jpg",
+            "-m",
+        ])
+        .arg(&fs.mnt)
+        .output()
+        .unwrap();
+    common::succeeded(&out);
+    let src = fs.path("../cat.jpg");
+    let original = jpeg(800, 600);
+    fs::write(&src, &original).unwrap();
+    sh(&format!("cp {} {}/", src.display(), b.display()));
+    let cat = b.join("cat.jpg");
+    let deadline = std::time::Instant::now() + WAIT;
+    let record = loop {
+        if let Some(v) = xattr::get(&cat, "user.thumb.200x150").unwrap() {
+            break String::from_utf8(v).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", fs.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // "OFFSET LENGTH FORMAT": the thumbnail sits after the original's bytes.
+    let parts: Vec<&str> = record.split(' ').collect();
+    let (offset, len): (usize, usize) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+    assert_eq!(offset, original.len());
+    let object = fs::read(&cat).unwrap();
+    assert_eq!(
+        object.len(),
+        offset + len,
+        "the kernel sees the grown object"
+    );
+    let thumb = image::load_from_memory(&object[offset..]).unwrap();
+    assert!(thumb.width() <= 200 && thumb.height() <= 150);
+    // The client's Put and the trigger's own Put reach the topic; the trigger ran once.
+    let got = sub.take(2, WAIT);
+    let names: Vec<String> = got
+        .iter()
+        .map(|m| m.record()["eventName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["ObjectCreated:Put", "ObjectCreated:Put"]);
+    assert!(sub.take(1, Duration::from_secs(1)).is_empty(), "no loop");
+    let s = fs.stats();
+    assert_eq!(s["delivery"]["triggers_run"], 1, "{s}");
+}
+
+#[test]
+fn a_failing_trigger_is_retried_counted_and_dropped_after_max_retries() {
+    let fs = TestFs::mount();
+    let b = fs.bucket("f");
+    fs.put_class(
+        "broken",
+        "function go(i, o) return -objclass.EIO end objclass.register(go)",
+    );
+    notifications(
+        &fs,
+        "f",
+        "[[notification]]\nid = \"x\"\ncall = \"broken.go\"\nmax_retries = 2\nretry_sleep_duration = 0.1\n",
+    );
+    fs::write(b.join("obj"), b"x").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = fs.stats();
+        if s["delivery"]["dropped"] == 1 {
+            assert_eq!(s["delivery"]["triggers_failed"], 3, "{s}");
+            assert_eq!(s["delivery"]["triggers_run"], 0, "{s}");
+            assert_eq!(s["events_pending"], 0, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_metadata_change_while_a_put_is_held_arrives_after_it() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "held.ev");
+    let fs = TestFs::mount();
+    let b = fs.bucket("held");
+    topic(&fs, "t", &nats, "held.ev", "");
+    notifications(&fs, "held", &all_events("n", "t"));
+    // The close of the first descriptor records a held Put (the dup keeps the open alive);
+    // the xattr change comes while it is held, the last close ends the hold.
+    let path = b.join("f");
+    sh(&format!(
+        "python3 -c \"import os, time\nfd = os.open('{p}', os.O_WRONLY | os.O_CREAT)\nd = os.dup(fd)\nos.write(fd, b'abc')\nos.close(fd)\ntime.sleep(0.3)\nos.setxattr('{p}', 'user.k', b'v')\ntime.sleep(0.3)\nos.close(d)\"",
+        p = path.display()
+    ));
+    let got = sub.take(2, WAIT);
+    let names: Vec<String> = got
+        .iter()
+        .map(|m| m.record()["eventName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["ObjectCreated:Put", "ObjectMetadata:Set"]);
+}
+
+#[test]
+fn a_backlog_of_failing_events_longer_than_a_round_does_not_hold_up_other_buckets() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "hol.>");
+    let fs = TestFs::mount();
+    let bad = fs.bucket("bad");
+    let good = fs.bucket("good");
+    // Retried every 10 ms at first: among 9,000 events some retry is always due.
+    fs::write(
+        fs.path(".lunafs/topics/bad.toml"),
+        format!(
+            "url = \"{}\"\nsubject = \"hol.bad\"\nretry_sleep_duration = 0.01\n",
+            nats.url()
+        ),
+    )
+    .unwrap();
+    topic(&fs, "good", &nats, "hol.good", "");
+    notifications(&fs, "bad", &all_events("n", "bad"));
+    notifications(&fs, "good", &all_events("n", "good"));
+    // A failing script, fast on an event's first attempt and slow on its retries: the
+    // dispatcher cannot keep up with the retries that come due.
+    fs::write(
+        fs.path(".lunafs/notify/bad.lua"),
+        "local k = event.s3.object.key\n\
+         if RGW[k] then local x = 0 for i = 1, 100000 do x = x + i end end\n\
+         RGW[k] = true\n\
+         error('failing')",
+    )
+    .unwrap();
+    // More failing events than one dispatcher round reads (8,192), retried without end.
+    for d in 0..10 {
+        fs::create_dir(bad.join(format!("d{d}"))).unwrap();
+    }
+    for i in 0..9000 {
+        fs::write(bad.join(format!("d{}/f{i}", i % 10)), b"x").unwrap();
+    }
+    for i in 0..5 {
+        fs::write(good.join(format!("f{i}")), b"ok").unwrap();
+    }
+    let got = sub.take(5, WAIT);
+    let mut keys: Vec<String> = keys_and_sizes(&got).into_iter().map(|(k, _)| k).collect();
+    keys.sort();
+    assert_eq!(keys, ["f0", "f1", "f2", "f3", "f4"]);
+    assert!(fs.stats()["events_pending"].as_u64().unwrap() >= 9000);
+}

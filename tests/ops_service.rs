@@ -169,11 +169,7 @@ fn status_and_stats_report_counters() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert!(
         text.contains("health: answering") && text.contains("\"errors_total\": "),
         "{text}"
@@ -223,11 +219,7 @@ fn bad_config_file_or_option_gives_one_clear_message_and_mounts_nothing() {
         .args(["--config", cfg.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::succeeded(&out);
     assert_eq!(
         fs::create_dir(mnt.join("x")).unwrap_err().raw_os_error(),
         Some(libc::EROFS)

@@ -285,9 +285,19 @@ impl Core {
             .map(|(seq, event)| PendingEvent {
                 seq,
                 event,
-                held: held.contains(&seq),
+                held: held.contains_key(&seq),
             })
             .collect())
+    }
+
+    /// The objects of held Puts below sequence number `seq`: a dispatcher round that starts
+    /// there keeps their later events waiting behind them.
+    pub fn held_objects_below(&self, seq: u64) -> Vec<Ino> {
+        let held = self.events.writes.held();
+        held.into_iter()
+            .filter(|&(s, _)| s < seq)
+            .map(|(_, ino)| ino)
+            .collect()
     }
 
     /// Removes delivered (or dropped) events from the queue.

@@ -50,9 +50,9 @@ pub struct Topic {
     pub password: Option<String>,
     pub token: Option<String>,
     pub jetstream: bool,
-    pub max_retries: u32,
+    /// How its failed events are retried (max_retries 0: until time_to_live, if any).
+    pub retry: Retry,
     pub time_to_live: Option<Duration>,
-    pub retry_sleep: Duration,
     pub opaque_data: String,
 }
 
@@ -67,13 +67,6 @@ impl Topic {
             self.password.as_deref().unwrap_or(""),
             self.token.as_deref().unwrap_or("")
         )
-    }
-
-    /// The wait before retry number `attempt` (1-based): doubling from retry_sleep, at most
-    /// a minute.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        (self.retry_sleep * factor).min(Duration::from_secs(60))
     }
 }
 
@@ -90,8 +83,8 @@ pub enum Target {
     },
 }
 
-/// How a failed trigger is retried (a topic has its own): `max_retries` (0: forever),
-/// doubling from `retry_sleep` up to a minute.
+/// How a failed event is retried (a trigger's by its notification, a topic's by the topic):
+/// `max_retries` times (0: forever), after a wait doubling from `retry_sleep` up to a minute.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retry {
     pub max_retries: u32,
@@ -107,7 +100,8 @@ impl Retry {
         }
     }
 
-    /// The wait before retry number `attempt` (1-based).
+    /// The wait before retry number `attempt` (1-based): doubling from retry_sleep, at most
+    /// a minute.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(16);
         (self.retry_sleep * factor).min(Duration::from_secs(60))
@@ -308,12 +302,14 @@ pub fn parse_topic(name: &str, text: &str) -> Result<Topic> {
         password: f.string("password")?,
         token: f.string("token")?,
         jetstream: f.bool("jetstream", false)?,
-        max_retries: f.seconds("max_retries")?.map_or(0, |n| n as u32),
+        retry: Retry {
+            max_retries: f.seconds("max_retries")?.map_or(0, |n| n as u32),
+            retry_sleep: Duration::from_secs_f64(f.seconds("retry_sleep_duration")?.unwrap_or(1.0)),
+        },
         time_to_live: f
             .seconds("time_to_live")?
             .filter(|&s| s > 0.0)
             .map(Duration::from_secs_f64),
-        retry_sleep: Duration::from_secs_f64(f.seconds("retry_sleep_duration")?.unwrap_or(1.0)),
         opaque_data: f.string("opaque_data")?.unwrap_or_default(),
     };
     if !f.bool("persistent", true)? {
@@ -471,12 +467,12 @@ mod tests {
     #[test]
     fn topics_parse_with_defaults_and_refuse_unknown_fields() {
         let t = parse_topic("t1", "url = \"nats://127.0.0.1:4222\"\nsubject = \"s\"\n").unwrap();
-        assert_eq!(t.max_retries, 0);
-        assert_eq!(t.retry_sleep, Duration::from_secs(1));
+        assert_eq!(t.retry.max_retries, 0);
+        assert_eq!(t.retry.retry_sleep, Duration::from_secs(1));
         assert!(!t.jetstream && t.time_to_live.is_none());
-        assert_eq!(t.backoff(1), Duration::from_secs(1));
-        assert_eq!(t.backoff(3), Duration::from_secs(4));
-        assert_eq!(t.backoff(30), Duration::from_secs(60));
+        assert_eq!(t.retry.backoff(1), Duration::from_secs(1));
+        assert_eq!(t.retry.backoff(3), Duration::from_secs(4));
+        assert_eq!(t.retry.backoff(30), Duration::from_secs(60));
         let e = parse_topic(
             "t1",
             "url = \"nats://h:1\"\nsubject = \"s\"\nsubjct = \"x\"\n",

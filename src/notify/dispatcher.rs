@@ -1,16 +1,22 @@
 //! The dispatcher's rounds: read pending events from core in order, deliver each (publish
 //! through its bucket's script, or run its trigger), acknowledge what is done.
 //!
-//! A round reads from the first event still waiting (or a lower one committed since:
-//! commits land out of sequence order), not from the queue's start, so it does not step
-//! over the tombstones of delivered events. An event leaves the queue only once its
-//! messages are published (core NATS: after a flush; JetStream: after every PubAck) or its
-//! trigger ran. A failed event (script error, server down, no PubAck, failed trigger) waits
-//! `backoff(attempt)` and is tried again; later events of the same object wait behind it,
-//! and behind a held one, so each object's events arrive in order. `max_retries` and
-//! `time_to_live` drop an event: counted and logged. While a topic's server is not
-//! connected its events wait without using up retries; a full round at least every 5 s
-//! catches a reconnect and drops what outlived its time_to_live.
+//! Two kinds of round, each reading at most `ROUND` events. A round of **new events** reads
+//! what no round read yet. A **sweep** reads the queue from the first event still waiting
+//! (the floor; or a lower one committed since: commits land out of sequence order) to its
+//! end, one round at a time, taking turns with rounds of new events: it retries what is
+//! due, and delivers what waited behind others. It starts when a retry is due, after a
+//! round sent events, after a reconnect, and at least every 5 s (to drop what outlived its
+//! time_to_live). Starting at the floor, not the queue's start, it does not step over the
+//! tombstones of delivered events; taking turns, a long backlog of failing events does not
+//! keep new events of other buckets waiting.
+//!
+//! An event leaves the queue only once its messages are published (core NATS: after a
+//! flush; JetStream: after every PubAck) or its trigger ran. A failed event (script error,
+//! no PubAck, failed trigger) waits `backoff(attempt)` and is tried again; later events of
+//! the same object wait behind it, and behind a held one, so each object's events arrive in
+//! order. `max_retries` and `time_to_live` drop an event: counted and logged. While a
+//! topic's server is not connected its events wait without using up retries.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -31,8 +37,10 @@ use crate::store::codec::events::QueuedEvent;
 /// Events read per page, and most handled per round.
 const PAGE: usize = 512;
 const ROUND: usize = 8192;
-/// The longest time between two full rounds.
-const FULL_ROUND_EVERY: Duration = Duration::from_secs(5);
+/// A round stops after this long (slow scripts), so the other kind gets its turn.
+const ROUND_TIME: Duration = Duration::from_millis(50);
+/// The longest time between two sweeps.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// A topic's delivery failures are logged at warn at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -41,6 +49,24 @@ struct Retry {
     due: Instant,
     /// The event's object: its later events wait behind this one.
     ino: u64,
+}
+
+/// Where a sweep goes on, and the first event it found still waiting (the next floor).
+struct Sweep {
+    at: u64,
+    waiting: Option<u64>,
+}
+
+/// What one round read.
+struct Read {
+    /// One past the last event read.
+    end: u64,
+    /// The queue holds no event from `end` on.
+    at_end: bool,
+    /// Events that left the queue.
+    done: usize,
+    /// The first event read that is still waiting.
+    waiting: Option<u64>,
 }
 
 /// An event whose messages were sent, waiting for its flush or acks.
@@ -70,15 +96,20 @@ pub(super) struct Worker {
     pub background_interval: Duration,
     pub background_due: Instant,
     /// Connections (by `Topic::connection_key`) found not connected: their events wait,
-    /// without using up retries, until a reconnect (or the next full round).
+    /// without using up retries, until a reconnect (or the next sweep).
     down: HashSet<String>,
-    last_full: Instant,
+    last_sweep: Instant,
     retries: HashMap<u64, Retry>,
     /// Every event below was delivered or dropped, unless a commit since says otherwise:
-    /// where a full round starts.
+    /// where a sweep starts.
     floor: u64,
-    /// Every event below was read by a round: while no retry is due, a round starts here.
+    /// Every event below was read by a round: rounds of new events start here.
     high: u64,
+    /// An unfinished sweep: rounds that read the queue from the floor to its end, a `ROUND`
+    /// at a time, to retry what is due and deliver what waited behind others.
+    sweep: Option<Sweep>,
+    /// The last round was one of new events (they take turns with a sweep's).
+    new_turn: bool,
     /// The last round sent events, so later events of their objects waited.
     rescan: bool,
     /// When each topic's failures were last logged at warn, and how many since.
@@ -106,10 +137,12 @@ impl Worker {
             background_interval,
             background_due: Instant::now() + background_interval,
             down: HashSet::new(),
-            last_full: Instant::now(),
+            last_sweep: Instant::now(),
             retries: HashMap::new(),
             floor: 0,
             high: 0,
+            sweep: None,
+            new_turn: false,
             rescan: false,
             warned: HashMap::new(),
         }
@@ -157,66 +190,129 @@ impl Worker {
             .min(super::IDLE)
     }
 
-    /// Whether this round reads from the floor (else only what no round read yet).
-    fn full_round(&mut self, now: Instant) -> bool {
+    /// Whether a sweep from the floor is due: a reconnect, retries due, events left
+    /// waiting behind sent ones, or `SWEEP_EVERY`.
+    fn sweep_due(&mut self, now: Instant) -> bool {
         let reconnected = self.nats.connected.swap(false, Ordering::AcqRel);
-        let due = reconnected || now >= self.last_full + FULL_ROUND_EVERY;
+        let due = reconnected || now >= self.last_sweep + SWEEP_EVERY;
         if due {
             self.down.clear();
         }
-        let full =
+        let sweep =
             due || std::mem::take(&mut self.rescan) || self.retries.values().any(|r| r.due <= now);
-        if full {
-            self.last_full = now;
+        if sweep {
+            self.last_sweep = now;
         }
-        full
+        sweep
     }
 
-    /// Delivers what is due; returns how many events left the queue.
+    /// Delivers what is due; returns how many events left the queue, or 1 while a sweep
+    /// is unfinished (the dispatcher goes on without sleeping).
     fn round(&mut self) -> Result<usize> {
-        let full = self.full_round(Instant::now());
-        let mut blocked: HashSet<u64> = match full {
-            true => HashSet::new(),
-            false => self.retries.values().map(|r| r.ino).collect(),
-        };
         // Lowered first, so they stay right if the round fails half-way.
         let low = self.core.take_committed_low();
         self.floor = self.floor.min(low);
         self.high = self.high.min(low);
-        let mut from = if full { self.floor } else { self.high };
-        let (mut seen, mut done, mut waiting) = (0, 0, None);
+        if let Some(s) = &mut self.sweep {
+            s.at = s.at.min(low);
+        }
+        if self.sweep.is_none() && self.sweep_due(Instant::now()) {
+            self.sweep = Some(Sweep {
+                at: self.floor,
+                waiting: None,
+            });
+        }
+        // While a sweep is unfinished, its rounds take turns with rounds of new events, so
+        // a long backlog does not keep new events of other objects waiting.
+        self.new_turn = self.sweep.is_some() && !self.new_turn;
+        let sweep_at = self.sweep.as_ref().filter(|_| !self.new_turn).map(|s| s.at);
+        let read = self.read(sweep_at.unwrap_or(self.high))?;
+        match (&mut self.sweep, sweep_at) {
+            (Some(s), Some(_)) => {
+                s.waiting = first(s.waiting, read.waiting);
+                match read.at_end {
+                    true => {
+                        self.floor = s.waiting.unwrap_or(read.end);
+                        self.sweep = None;
+                    }
+                    false => s.at = read.end,
+                }
+            }
+            _ => {
+                if let Some(w) = read.waiting {
+                    self.floor = self.floor.min(w);
+                }
+            }
+        }
+        self.high = self.high.max(read.end);
+        Ok(read.done + usize::from(self.sweep.is_some()))
+    }
+
+    /// Reads up to `ROUND` events from `from` on and handles them. Later events of objects
+    /// that wait below `from` (backing off, held) keep waiting.
+    fn read(&mut self, from: u64) -> Result<Read> {
+        let mut blocked: HashSet<u64> = self
+            .retries
+            .iter()
+            .filter(|(&seq, _)| seq < from)
+            .map(|(_, r)| r.ino)
+            .collect();
+        blocked.extend(self.core.held_objects_below(from));
+        let mut read = Read {
+            end: from,
+            at_end: false,
+            done: 0,
+            waiting: None,
+        };
+        let (mut seen, deadline) = (0, Instant::now() + ROUND_TIME);
         while seen < ROUND {
-            let page = self.core.pending_events(from, PAGE)?;
-            let Some(last) = page.last().map(|p| p.seq) else {
+            let page = self.core.pending_events(read.end, PAGE)?;
+            if page.is_empty() {
+                read.at_end = true;
+                break;
+            }
+            read.at_end = page.len() < PAGE;
+            let (finished, handled) = self.page(&page, &mut blocked, deadline);
+            let Some(last) = page[..handled].last().map(|p| p.seq) else {
                 break;
             };
-            from = last + 1;
-            seen += page.len();
-            let seqs: Vec<u64> = page.iter().map(|p| p.seq).collect();
-            let finished = self.page(page, &mut blocked);
-            if waiting.is_none() {
+            read.end = last + 1;
+            read.at_end &= handled == page.len();
+            seen += handled;
+            if read.waiting.is_none() {
                 let gone: HashSet<u64> = finished.iter().copied().collect();
-                waiting = seqs.into_iter().find(|seq| !gone.contains(seq));
+                read.waiting = page[..handled]
+                    .iter()
+                    .map(|p| p.seq)
+                    .find(|seq| !gone.contains(seq));
             }
             self.core.ack_events(&finished)?;
             for seq in &finished {
                 self.retries.remove(seq);
             }
-            done += finished.len();
+            read.done += finished.len();
+            if read.at_end || handled < page.len() {
+                break;
+            }
         }
-        match (full, waiting) {
-            (true, w) => self.floor = w.unwrap_or(from),
-            (false, Some(w)) => self.floor = self.floor.min(w),
-            (false, None) => {}
-        }
-        self.high = from;
-        Ok(done)
+        Ok(read)
     }
 
-    /// Handles one page; returns the events that are finished (delivered or dropped).
-    fn page(&mut self, page: Vec<PendingEvent>, blocked: &mut HashSet<u64>) -> Vec<u64> {
+    /// Handles events of `page` in order until `deadline` (at least one); returns the
+    /// events that are finished (delivered or dropped) and how many were handled.
+    fn page(
+        &mut self,
+        page: &[PendingEvent],
+        blocked: &mut HashSet<u64>,
+        deadline: Instant,
+    ) -> (Vec<u64>, usize) {
         let (mut sent, mut finished) = (Vec::new(), Vec::new());
+        let mut handled = 0;
         for p in page {
+            if handled > 0 && Instant::now() >= deadline {
+                break;
+            }
+            handled += 1;
             let seq = p.seq;
             match self.step(p, blocked) {
                 Step::Wait => {}
@@ -240,24 +336,24 @@ impl Worker {
                 Ok(()) => finished.push(s.seq),
                 Err(why) => {
                     blocked.insert(s.ino);
-                    let (name, retry) = (s.topic.name.clone(), topic_retry(&s.topic));
+                    let (name, retry) = (s.topic.name.clone(), s.topic.retry);
                     if self.failed((s.seq, s.ino), &name, &retry, &why) {
                         finished.push(s.seq);
                     }
                 }
             }
         }
-        finished
+        (finished, handled)
     }
 
     /// What to do with one pending event now.
-    fn step(&mut self, p: PendingEvent, blocked: &mut HashSet<u64>) -> Step {
+    fn step(&mut self, p: &PendingEvent, blocked: &mut HashSet<u64>) -> Step {
         let seq = p.seq;
         if let Some(r) = self.retries.get(&seq).filter(|r| r.due > Instant::now()) {
             blocked.insert(r.ino);
             return Step::Wait;
         }
-        let event = match p.event {
+        let event = match &p.event {
             Ok(e) => e,
             Err(e) => return Step::Drop(format!("queued event {seq}: {e}")),
         };
@@ -267,8 +363,8 @@ impl Worker {
         }
         let settings = self.routes.settings();
         let step = match event.target.starts_with("call:") {
-            true => self.trigger(seq, &event, &settings),
-            false => self.deliver(seq, &event, &settings),
+            true => self.trigger(seq, event, &settings),
+            false => self.deliver(seq, event, &settings),
         };
         if matches!(step, Step::Wait) {
             blocked.insert(event.ino);
@@ -303,7 +399,7 @@ impl Worker {
             Err(e) => {
                 self.counters.script_errors.fetch_add(1, Ordering::Relaxed);
                 let why = format!("script of bucket {}: {e}", event.bucket);
-                return self.fail((seq, event.ino), &topic.name, &topic_retry(&topic), &why);
+                return self.fail((seq, event.ino), &topic.name, &topic.retry, &why);
             }
         };
         // A script may route to another topic whose server is not connected: publish
@@ -315,7 +411,7 @@ impl Worker {
                 topic,
                 out,
             })),
-            Err(why) => self.fail((seq, event.ino), &topic.name, &topic_retry(&topic), &why),
+            Err(why) => self.fail((seq, event.ino), &topic.name, &topic.retry, &why),
         }
     }
 
@@ -367,12 +463,15 @@ impl Worker {
     }
 
     /// Whether `topic`'s connection is up (recorded in its state); if not, it is marked
-    /// down until the next full round or a reconnect.
+    /// down until the next sweep or a reconnect.
     fn connected(&mut self, topic: &Topic) -> bool {
         let up = self.nats.is_up(topic);
         self.counters.topic_connected(&topic.name, up);
         if !up {
             self.down.insert(topic.connection_key());
+            let why = format!("not connected to {}; its events wait", topic.url);
+            self.counters.topic_failed(&topic.name, &why);
+            self.warn(&topic.name, &why);
         }
         up
     }
@@ -495,9 +594,10 @@ impl Worker {
     }
 }
 
-fn topic_retry(topic: &Topic) -> RetryPolicy {
-    RetryPolicy {
-        max_retries: topic.max_retries,
-        retry_sleep: topic.retry_sleep,
+/// The lower of two sequence numbers, either of which may be missing.
+fn first(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

@@ -247,6 +247,15 @@ pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// Asserts that a command succeeded, showing its stderr if not.
+pub fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs a command as another user (uid = gid = `id`).
 pub fn run_as(id: u32, args: &[&str]) -> Output {
     Command::new(args[0])

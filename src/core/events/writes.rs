@@ -16,7 +16,7 @@
 //! The eTag is an MD5 fed by the writes while they arrive in order from offset 0 (cp,
 //! rsync, tar), else computed from the content when the Put is recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use md5::{Digest, Md5};
@@ -48,12 +48,12 @@ pub struct Writes {
     open: Mutex<HashMap<Ino, Writing>>,
     /// How many objects `open` holds: writes skip its lock while it is none.
     tracked: AtomicUsize,
-    /// Sequence numbers of held Puts.
-    held: Mutex<HashSet<u64>>,
+    /// Held Puts: sequence number to object.
+    held: Mutex<HashMap<u64, Ino>>,
 }
 
 impl Writes {
-    pub(super) fn held(&self) -> HashSet<u64> {
+    pub(super) fn held(&self) -> HashMap<u64, Ino> {
         self.held.lock().clone()
     }
 
@@ -252,21 +252,16 @@ impl Core {
         };
         let queued = self.queue(&mut batch, change)?;
         batch.commit()?;
-        self.replace_held(std::mem::take(&mut state.held), &queued, held, state);
+        self.replace_held(ino, &queued, held, state);
         state.written = false;
         self.queued(queued);
         Ok(())
     }
 
-    /// After a Put was recorded: the old held entries are gone from the queue, and the new
-    /// ones are held (`hold`) or not.
-    fn replace_held(
-        &self,
-        old: Vec<u64>,
-        queued: &super::Enqueued,
-        hold: bool,
-        state: &mut Writing,
-    ) {
+    /// After a Put of `ino` was recorded: the old held entries are gone from the queue,
+    /// and the new ones are held (`hold`) or not.
+    fn replace_held(&self, ino: Ino, queued: &super::Enqueued, hold: bool, state: &mut Writing) {
+        let old = std::mem::take(&mut state.held);
         let events = &self.events;
         let mut held = events.writes.held.lock();
         for seq in &old {
@@ -279,7 +274,7 @@ impl Core {
                 Some(p.saturating_sub(n))
             });
         if hold {
-            held.extend(queued.seqs.iter().copied());
+            held.extend(queued.seqs.iter().map(|&seq| (seq, ino)));
             state.held = queued.seqs.clone();
         }
     }
