@@ -1051,3 +1051,52 @@ fn a_backlog_of_failing_events_longer_than_a_round_does_not_hold_up_other_bucket
     assert_eq!(keys, ["f0", "f1", "f2", "f3", "f4"]);
     assert!(fs.stats()["events_pending"].as_u64().unwrap() >= 9000);
 }
+
+#[test]
+fn a_trigger_skips_an_object_removed_or_renamed_before_it_runs() {
+    let fs = TestFs::mount();
+    let b = fs.bucket("t");
+    fs.put_class(
+        "mark",
+        "function done(i, o) objclass.map_set_val('done', '1') end objclass.register(done)",
+    );
+    notifications(
+        &fs,
+        "t",
+        "[[notification]]\nid = \"m\"\ncall = \"mark.done\"\nevents = [\"ObjectCreated:*\"]\n",
+    );
+    // Each Put is held (the dup keeps the open alive) while the object is renamed or
+    // removed, so its trigger can only run after that.
+    let held_then = |name: &str, then: &str| {
+        sh(&format!(
+            "python3 -c \"import os\nfd = os.open('{p}', os.O_WRONLY | os.O_CREAT)\nd = os.dup(fd)\nos.write(fd, b'abc')\nos.close(fd)\n{then}\nos.close(d)\"",
+            p = b.join(name).display()
+        ));
+    };
+    held_then(
+        "renamed",
+        &format!("os.rename('{0}/renamed', '{0}/moved')", b.display()),
+    );
+    held_then("removed", &format!("os.unlink('{}/removed')", b.display()));
+    fs::write(b.join("kept"), b"x").unwrap();
+    // Runs: "kept", and "moved" for the rename's ObjectCreated:Copy. Skipped: the held
+    // Puts of "renamed" (no longer there) and "removed".
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = fs.stats();
+        if s["events_pending"] == 0 && s["delivery"]["triggers_run"] == 2 {
+            assert_eq!(s["delivery"]["triggers_skipped"], 2, "{s}");
+            assert_eq!(s["delivery"]["triggers_failed"], 0, "{s}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for name in ["kept", "moved"] {
+        assert_eq!(
+            xattr::get(b.join(name), "user.done").unwrap().unwrap(),
+            b"1"
+        );
+    }
+    assert!(!b.join("renamed").exists() && !b.join("removed").exists());
+}
