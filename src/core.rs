@@ -2,8 +2,12 @@
 //! their data and xattrs (the omap), and the rules a POSIX caller expects of them.
 //!
 //! Every mutating operation locks the inodes it rewrites, reads them into a `Txn`, changes
-//! them there, and commits one `Batch`. `core` knows no FUSE types (the adapter in `fs`
-//! converts) and is tested on a temp-dir store without a kernel.
+//! them there, and commits one `Batch`. The `Txn` checks at commit that every inode it read
+//! still has the version it read: every change of anything an inode owns (a directory's
+//! entries, a file's data, omap and xattrs) rewrites that inode, so on a store shared by
+//! several mounts a commit fails (`Error::Conflict`) if another mount changed what the
+//! operation depended on, and `transact` runs the operation again. `core` knows no FUSE
+//! types (the adapter in `fs` converts) and is tested on a temp-dir store without a kernel.
 
 pub mod call;
 pub mod ceph;
@@ -42,6 +46,9 @@ pub const FIRST_VIRTUAL_INO: Ino = 1 << 62;
 
 /// Inode numbers are reserved this many at a time (one small meta write per block).
 const INO_BLOCK: u64 = 4096;
+
+/// How many times an operation runs before a conflict with other mounts is given up on.
+const ATTEMPTS: u32 = 16;
 
 /// Who is asking: the caller's credentials, for ownership of what it creates.
 #[derive(Debug, Clone, Copy)]
@@ -89,7 +96,11 @@ pub struct Core {
 impl Core {
     /// Opens (or creates) the store at `path`. A new store's root belongs to `owner`.
     pub fn open(path: &Path, owner: (u32, u32)) -> Result<Core> {
-        let store = Store::open(path)?;
+        Core::with_store(Store::open(path)?, owner)
+    }
+
+    /// Core on an opened store (initialized first if it is new).
+    pub fn with_store(store: Store, owner: (u32, u32)) -> Result<Core> {
         if store.inode(ROOT)?.is_none() {
             // A new store: schema record and root in one batch, so a crash leaves either a
             // complete store or one that opens as new.
@@ -124,7 +135,7 @@ impl Core {
                 match store.inode(ino) {
                     // Relinked since (or damage): keep the inode, drop the stale record.
                     Ok(Some(inode)) if inode.nlink > 0 => batch.delete_orphan(ino),
-                    _ => batch.purge_inode(ino),
+                    _ => batch.purge_inode(ino)?,
                 }
             }
             batch.commit()?;
@@ -140,10 +151,10 @@ impl Core {
             locks: Locks::new(),
             inos: counter::Counter::new(
                 "inode numbers",
+                crate::store::keys::META_INO_RESERVED,
                 next,
                 INO_BLOCK,
                 FIRST_VIRTUAL_INO,
-                |batch, below| batch.put_ino_reserved(below),
             ),
             cross_dir_rename: Mutex::new(()),
             update_atime: AtomicBool::new(true),
@@ -188,6 +199,26 @@ impl Core {
         }
     }
 
+    /// Runs `op` (one operation: its reads and its commit) until it commits without a
+    /// conflict, waiting a little longer at random after each; gives up with EIO after
+    /// `ATTEMPTS`. Only a store shared by several mounts ever conflicts.
+    fn transact<T>(&self, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
+        for attempt in 0..ATTEMPTS {
+            match op() {
+                Err(Error::Conflict) => std::thread::sleep(backoff(attempt)),
+                done => return done,
+            }
+        }
+        tracing::warn!(
+            operation = what,
+            attempts = ATTEMPTS,
+            "gave up: other mounts kept changing what the operation read"
+        );
+        Err(Error::Contended(format!(
+            "{what}: other mounts kept changing what it read ({ATTEMPTS} attempts)"
+        )))
+    }
+
     /// Counts an open of a file; pairs with `close_file`.
     pub fn open_file(&self, ino: Ino) -> Result<()> {
         let _held = self.locks.lock(&[ino]);
@@ -220,14 +251,16 @@ impl Core {
         if still_open {
             return Ok(());
         }
-        if let Some(inode) = self.store.inode(ino)? {
-            if inode.nlink == 0 {
-                let mut batch = self.store.batch();
-                batch.purge_inode(ino);
-                batch.commit()?;
+        self.transact("release", || {
+            let mut txn = self.txn();
+            match txn.get(ino) {
+                Ok(inode) if inode.nlink == 0 => {}
+                Ok(_) | Err(Error::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
             }
-        }
-        Ok(())
+            txn.purge(ino)?;
+            txn.commit()
+        })
     }
 
     /// How many files are open (for stats).
@@ -268,6 +301,14 @@ impl Core {
     }
 }
 
+/// A random wait between 0.5 and 1 times 2^attempt ms, at most 64 ms.
+fn backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::BuildHasher;
+    let ceiling = 1000u64 << attempt.min(6);
+    let r = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    std::time::Duration::from_micros(ceiling / 2 + r % (ceiling / 2))
+}
+
 /// The inodes one operation reads and rewrites, and the batch that will carry the change.
 pub(crate) struct Txn<'a> {
     store: &'a Store,
@@ -277,16 +318,22 @@ pub(crate) struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    /// The inode, loaded once per transaction.
+    /// The inode, loaded once per transaction; the commit checks it is still as read.
     pub(crate) fn get(&mut self, ino: Ino) -> Result<&mut Inode> {
         if !self.inodes.contains_key(&ino) {
-            let inode = self
+            let (inode, version) = self
                 .store
-                .inode(ino)?
+                .inode_versioned(ino)?
                 .ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
-            self.inodes.insert(ino, inode);
+            self.seed(inode, version);
         }
         Ok(self.inodes.get_mut(&ino).expect("inserted above"))
+    }
+
+    /// An inode read earlier (with the version it had then), as if `get` had read it.
+    pub(crate) fn seed(&mut self, inode: Inode, version: crate::store::meta::Version) {
+        self.batch.check_inode(inode.ino, version);
+        self.inodes.insert(inode.ino, inode);
     }
 
     /// The inode, to be written back at commit.
@@ -301,10 +348,10 @@ impl<'a> Txn<'a> {
     }
 
     /// Deletes the inode and all it owns instead of writing it back.
-    fn purge(&mut self, ino: Ino) {
+    fn purge(&mut self, ino: Ino) -> Result<()> {
         self.dirty.remove(&ino);
         self.inodes.remove(&ino);
-        self.batch.purge_inode(ino);
+        self.batch.purge_inode(ino)
     }
 
     fn commit(mut self) -> Result<()> {

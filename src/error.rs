@@ -55,6 +55,12 @@ pub enum Error {
     Store(#[from] rocksdb::Error),
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    /// A checked version changed before the commit (another mount changed what the
+    /// operation read): the operation runs again.
+    #[error("another mount changed what this operation read")]
+    Conflict,
+    #[error("{0}")]
+    Contended(String),
     #[error("store {0} is in use by another lunafs process (is it mounted elsewhere?)")]
     StoreLocked(PathBuf),
     #[error("{path} is not a lunafs store: {why}")]
@@ -114,7 +120,9 @@ impl Error {
             Error::BadHandle(_) => libc::EBADF,
             Error::TooManyLinks(_) => libc::EMLINK,
             // Storage failures are I/O errors to the caller; the message goes to the log.
-            Error::Store(_) | Error::Corrupt(_) => libc::EIO,
+            Error::Store(_) | Error::Corrupt(_) | Error::Conflict | Error::Contended(_) => {
+                libc::EIO
+            }
             Error::StoreLocked(_) => libc::EBUSY,
             Error::NotAStore { .. } => libc::EINVAL,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

@@ -5,21 +5,31 @@
 //! Knows bytes and records, not filesystem semantics: it never decides whether an operation is
 //! allowed, it only reads and writes what `core` asks for.
 
+//! The store: a filesystem's records, read through the typed getters here and written only
+//! through a `Batch` (one per mutating operation, one commit), on two engines behind narrow
+//! interfaces: `meta::Meta` (transactional key-value: every record) and `data::Data` (file
+//! bytes). The embedded store is RocksDB for both (`rocks.rs`, `data/inline.rs`).
+//!
+//! Knows bytes and records, not filesystem semantics: it never decides whether an operation is
+//! allowed, it only reads and writes what `core` asks for.
+
 pub mod batch;
 pub mod codec;
+pub mod data;
 pub mod keys;
+pub mod memory;
+pub mod meta;
+pub mod rocks;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, DB,
-};
-
 pub use batch::Batch;
 use codec::events::{EtagRecord, GlobalValue, QueuedEvent};
 use codec::{decode_blob, Dentry, Inode};
+use data::{Checked, Data, Owner};
 use keys::Ino;
+use meta::{Meta, Version};
 use schema::{Cf, CHUNK_SIZE, SCHEMA_VERSION};
 
 use crate::error::{Error, Result};
@@ -32,54 +42,33 @@ pub type PackageKey = (String, String, String);
 pub const LOG_FILE: &str = "lunafs.log";
 
 pub struct Store {
-    db: DB,
+    meta: Box<dyn Meta>,
+    data: Box<dyn Data>,
     path: PathBuf,
 }
 
 impl Store {
-    /// Opens the store at `path`, creating the database if the directory is missing or empty.
-    /// Refuses a directory that holds something else, and a store another process has open.
-    /// A new store has no schema record until `core` writes it together with the root inode
-    /// (`Batch::put_schema`), so a crash during creation leaves a store that opens as new.
+    /// Opens the embedded store at `path`, creating the database if the directory is missing
+    /// or empty. Refuses a directory that holds something else, and a store another process
+    /// has open. A new store has no schema record until `core` writes it together with the
+    /// root inode (`Batch::put_schema`), so a crash during creation leaves a store that opens
+    /// as new.
     pub fn open(path: &Path) -> Result<Store> {
-        let fresh = is_missing_or_empty(path)?;
-        if !fresh && !path.join("CURRENT").exists() {
-            return Err(Error::NotAStore {
-                path: path.to_owned(),
-                why: "the directory is not empty and holds no RocksDB database".into(),
-            });
-        }
-        let cache = rocksdb::Cache::new_lru_cache(256 << 20);
-        let mut opts = Options::default();
-        opts.create_if_missing(fresh);
-        // A store made by an earlier release lacks the families added since; it is ours if it
-        // has every first-release family, and the new ones are created empty.
-        let upgradable = !fresh
-            && DB::list_cf(&Options::default(), path)
-                .is_ok_and(|have| Cf::V1.iter().all(|cf| have.iter().any(|h| h == cf.name())));
-        opts.create_missing_column_families(fresh || upgradable);
-        opts.increase_parallelism(2);
-        opts.set_max_background_jobs(2);
-        opts.set_keep_log_file_num(4);
-        // Writes go to the WAL file with write(2) on every commit (no manual WAL flush), so a
-        // committed batch is in the kernel's page cache and survives kill -9 of lunafs; fsync
-        // syncs the WAL for power loss (see `sync`).
-        opts.set_manual_wal_flush(false);
-        // Sequential file reads become sequential SST reads; let the kernel read ahead.
-        opts.set_advise_random_on_open(false);
-        // SST files are read through mmap: a cold 1 GiB read then costs ~0.9 s of lunafs CPU
-        // instead of ~1.5 s (no pread copy into RocksDB's buffers, no block allocation), and
-        // beats bindfs (benches/run.sh, README "Where the time goes"; O_DIRECT reads were
-        // slower still). The price: the mapped pages show in lunafs's RSS (they are page
-        // cache, reclaimable), and a disk read error ends the daemon with SIGBUS instead of
-        // failing one read with EIO.
-        opts.set_allow_mmap_reads(true);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf.options(&cache)));
-        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| open_error(path, e))?;
         let store = Store {
-            db,
+            meta: Box::new(rocks::Rocks::open(path)?),
+            data: Box::new(data::inline::Inline),
+            path: path.to_owned(),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    /// A store on the given engines; `path` names it in messages (and is where `statfs`
+    /// looks for capacity).
+    pub fn with_engines(meta: Box<dyn Meta>, data: Box<dyn Data>, path: &Path) -> Result<Store> {
+        let store = Store {
+            meta,
+            data,
             path: path.to_owned(),
         };
         store.check_schema()?;
@@ -91,11 +80,11 @@ impl Store {
             path: self.path.clone(),
             why,
         };
-        match self.db.get_cf(self.cf(Cf::Meta), keys::META_SCHEMA)? {
+        match self.get(Cf::Meta, keys::META_SCHEMA)? {
             None if self.max_ino()? == 0 => Ok(()), // created, not yet initialized
             None => Err(not_ours("no lunafs schema record".into())),
             Some(v) if v.as_slice() == SCHEMA_VERSION.to_be_bytes() => {
-                match self.db.get_cf(self.cf(Cf::Meta), keys::META_CHUNK_SIZE)? {
+                match self.get(Cf::Meta, keys::META_CHUNK_SIZE)? {
                     Some(c) if c.as_slice() == CHUNK_SIZE.to_be_bytes() => Ok(()),
                     other => Err(not_ours(format!(
                         "it was created with chunk size {:?}, this lunafs uses {CHUNK_SIZE}",
@@ -113,31 +102,36 @@ impl Store {
         &self.path
     }
 
-    pub(crate) fn cf(&self, cf: Cf) -> &ColumnFamily {
-        self.db
-            .cf_handle(cf.name())
-            .expect("every column family of schema::Cf is opened by Store::open")
+    pub fn batch(&self) -> Batch<'_> {
+        Batch::new(self, self.meta.writes())
     }
 
-    pub fn batch(&self) -> Batch<'_> {
-        Batch::new(self)
+    pub(crate) fn meta(&self) -> &dyn Meta {
+        &*self.meta
+    }
+
+    pub(crate) fn data(&self) -> &dyn Data {
+        &*self.data
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(cf, key)?.map(|(v, _)| v))
     }
 
     pub fn inode(&self, ino: Ino) -> Result<Option<Inode>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(Cf::Inodes), keys::inode(ino))?
-        {
-            Some(v) => Ok(Some(Inode::decode(ino, &v)?)),
+        Ok(self.inode_versioned(ino)?.map(|(inode, _)| inode))
+    }
+
+    /// The inode and the version its record has (for a transaction's checks).
+    pub fn inode_versioned(&self, ino: Ino) -> Result<Option<(Inode, Version)>> {
+        match self.meta.get(Cf::Inodes, &keys::inode(ino))? {
+            Some((v, version)) => Ok(Some((Inode::decode(ino, &v)?, version))),
             None => Ok(None),
         }
     }
 
     pub fn dentry(&self, parent: Ino, name: &[u8]) -> Result<Option<Dentry>> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(Cf::Dentries), keys::named(parent, name))?
-        {
+        match self.get(Cf::Dentries, &keys::named(parent, name))? {
             Some(v) => Ok(Some(Dentry::decode(&v)?)),
             None => Ok(None),
         }
@@ -146,7 +140,7 @@ impl Store {
     /// Every entry of a directory, in name order.
     pub fn dentries(&self, parent: Ino) -> Result<Vec<(Vec<u8>, Dentry)>> {
         let mut out = Vec::new();
-        self.scan_named(Cf::Dentries, parent, |name, v| {
+        self.scan_named(Cf::Dentries, parent, &mut |name, v| {
             out.push((name.to_vec(), Dentry::decode(v)?));
             Ok(true)
         })?;
@@ -155,7 +149,7 @@ impl Store {
 
     pub fn has_dentries(&self, parent: Ino) -> Result<bool> {
         let mut any = false;
-        self.scan_named(Cf::Dentries, parent, |_, _| {
+        self.scan_named(Cf::Dentries, parent, &mut |_, _| {
             any = true;
             Ok(false)
         })?;
@@ -163,41 +157,23 @@ impl Store {
     }
 
     /// Calls `f(name, value)` for each key of `owner` in `cf`, in order, while it returns true.
-    fn scan_named(
-        &self,
-        cf: Cf,
-        owner: Ino,
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan_named(&self, cf: Cf, owner: Ino, f: &mut meta::Each<'_>) -> Result<()> {
         let (lo, hi) = keys::named_range(owner);
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(hi);
-        let iter =
-            self.db
-                .iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(&lo, Direction::Forward));
-        for item in iter {
-            let (k, v) = item?;
-            let (_, name) = keys::decode_named(&k)
+        self.meta.scan(cf, &lo, Some(&hi), &mut |k, v| {
+            let (_, name) = keys::decode_named(k)
                 .ok_or_else(|| Error::Corrupt(format!("short key in {}", cf.name())))?;
-            if !f(name, &v)? {
-                break;
-            }
-        }
-        Ok(())
+            f(name, v)
+        })
     }
 
-    /// The stored bytes of chunks `first..=last` of `ino` (None for a hole).
-    pub fn chunks(&self, ino: Ino, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
-        let cf = self.cf(Cf::Chunks);
-        let keys: Vec<[u8; 16]> = (first..=last).map(|i| keys::chunk(ino, i)).collect();
-        self.db
-            .batched_multi_get_cf(cf, &keys, false)
-            .into_iter()
-            .map(|r| match r? {
-                Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
-                None => Ok(None),
-            })
-            .collect()
+    /// Bytes `offset..end` of file `ino` (end within its size); holes read as zeros.
+    pub fn read(&self, ino: Ino, offset: u64, end: u64) -> Result<Vec<u8>> {
+        self.data.read(&*self.meta, ino, offset, end)
+    }
+
+    /// fsck: every unit of stored data checked against its inode.
+    pub fn check_data(&self, owner: &dyn Fn(Ino) -> Owner) -> Result<Checked> {
+        self.data.check(&*self.meta, owner)
     }
 
     pub fn omap_get(&self, ino: Ino, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -214,7 +190,7 @@ impl Store {
 
     /// The decoded blob value stored under `key` in `cf`.
     fn get_blob(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.db.get_pinned_cf(self.cf(cf), key)? {
+        match self.get(cf, key)? {
             Some(v) => Ok(Some(decode_blob(&v)?.to_vec())),
             None => Ok(None),
         }
@@ -232,7 +208,7 @@ impl Store {
 
     fn names(&self, cf: Cf, ino: Ino) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        self.scan_named(cf, ino, |name, _| {
+        self.scan_named(cf, ino, &mut |name, _| {
             // Names starting with NUL are lunafs's own records (the omap header).
             if name.first() != Some(&0) {
                 out.push(name.to_vec());
@@ -254,7 +230,7 @@ impl Store {
 
     fn entries(&self, cf: Cf, ino: Ino) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        self.scan_named(cf, ino, |name, v| {
+        self.scan_named(cf, ino, &mut |name, v| {
             if name.first() != Some(&0) {
                 out.push((name.to_vec(), decode_blob(v)?.to_vec()));
             }
@@ -276,8 +252,9 @@ impl Store {
     /// The names of all classes, in order.
     pub fn class_names(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        self.scan(Cf::Classes, |k, _| {
-            out.push(String::from_utf8_lossy(k).into_owned())
+        self.scan(Cf::Classes, &mut |k, _| {
+            out.push(String::from_utf8_lossy(k).into_owned());
+            Ok(true)
         })?;
         Ok(out)
     }
@@ -285,97 +262,81 @@ impl Store {
     /// Every installed module: (package, version, module) and its source, in key order.
     pub fn packages(&self) -> Result<Vec<(PackageKey, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(Cf::Packages), IteratorMode::Start)
-        {
-            let (k, v) = item?;
-            let id = keys::decode_package(&k)
+        self.scan(Cf::Packages, &mut |k, v| {
+            let id = keys::decode_package(k)
                 .ok_or_else(|| Error::Corrupt(format!("package key {k:?}")))?;
-            out.push((id, decode_blob(&v)?.to_vec()));
-        }
+            out.push((id, decode_blob(v)?.to_vec()));
+            Ok(true)
+        })?;
         Ok(out)
+    }
+
+    /// A reserve-ahead counter's high-water mark (0 if none was reserved yet), with the
+    /// version its record has.
+    pub fn reserved(&self, counter: &[u8]) -> Result<(u64, Version)> {
+        match self.meta.get(Cf::Meta, counter)? {
+            Some((v, version)) => Ok((
+                keys::decode_counter(&v)
+                    .ok_or_else(|| Error::Corrupt("counter reservation record".into()))?,
+                version,
+            )),
+            None => Ok((0, 0)),
+        }
     }
 
     /// The inode-number high-water mark (0 if none was reserved yet).
     pub fn ino_reserved(&self) -> Result<Ino> {
-        match self.db.get_cf(self.cf(Cf::Meta), keys::META_INO_RESERVED)? {
-            Some(v) => keys::decode_inode(&v)
-                .ok_or_else(|| Error::Corrupt("inode reservation record".into())),
-            None => Ok(0),
-        }
+        Ok(self.reserved(keys::META_INO_RESERVED)?.0)
     }
 
     /// The event-sequence high-water mark (0 if none was reserved yet).
     pub fn event_reserved(&self) -> Result<u64> {
-        match self
-            .db
-            .get_cf(self.cf(Cf::Meta), keys::META_EVENT_RESERVED)?
-        {
-            Some(v) => keys::decode_event(&v)
-                .ok_or_else(|| Error::Corrupt("event reservation record".into())),
-            None => Ok(0),
-        }
+        Ok(self.reserved(keys::META_EVENT_RESERVED)?.0)
     }
 
     /// Whether every inode record carries its name (see `keys::META_INODE_NAMES`).
     pub fn inode_names_done(&self) -> Result<bool> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(Cf::Meta), keys::META_INODE_NAMES)?
-            .is_some())
+        Ok(self.get(Cf::Meta, keys::META_INODE_NAMES)?.is_some())
     }
 
     /// The store's random id, once made.
     pub fn store_id(&self) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.get_cf(self.cf(Cf::Meta), keys::META_STORE_ID)?)
+        self.get(Cf::Meta, keys::META_STORE_ID)
     }
 
     /// Up to `max` queued events with sequence numbers >= `from`, in order, each decoded
     /// (or the error that made it undecodable: it can never be delivered).
     pub fn events(&self, from: u64, max: usize) -> Result<Vec<(u64, Result<QueuedEvent>)>> {
-        let start = keys::event(from);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(
-            self.cf(Cf::Queue),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
-            if out.len() >= max {
-                break;
-            }
-            let (k, v) = item?;
-            let seq = keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
-            out.push((seq, QueuedEvent::decode(&v)));
-        }
+        self.meta
+            .scan(Cf::Queue, &keys::event(from), None, &mut |k, v| {
+                if out.len() >= max {
+                    return Ok(false);
+                }
+                let seq =
+                    keys::decode_event(k).ok_or_else(|| Error::Corrupt("event key".into()))?;
+                out.push((seq, QueuedEvent::decode(v)));
+                Ok(true)
+            })?;
         Ok(out)
     }
 
     /// How many events are queued.
     pub fn event_count(&self) -> Result<u64> {
         let mut n = 0;
-        let mut it = self.db.raw_iterator_cf(self.cf(Cf::Queue));
-        it.seek_to_first();
-        while it.valid() {
+        self.scan(Cf::Queue, &mut |_, _| {
             n += 1;
-            it.next();
-        }
-        it.status()?;
+            Ok(true)
+        })?;
         Ok(n)
     }
 
     /// The highest queued sequence number, if any event is queued.
     pub fn last_event(&self) -> Result<Option<u64>> {
-        match self
-            .db
-            .iterator_cf(self.cf(Cf::Queue), IteratorMode::End)
-            .next()
-        {
-            Some(item) => {
-                let (k, _) = item?;
-                Ok(Some(
-                    keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?,
-                ))
-            }
+        match self.meta.last_key(Cf::Queue)? {
+            Some(k) => Ok(Some(
+                keys::decode_event(&k).ok_or_else(|| Error::Corrupt("event key".into()))?,
+            )),
             None => Ok(None),
         }
     }
@@ -395,197 +356,119 @@ impl Store {
     /// Every notify item of `kind`: (name, value), in name order.
     pub fn notify_list(&self, kind: u8) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
-        self.scan_blobs(Cf::Notify, |k, v| {
-            if let Some((&k0, name)) = k.split_first() {
-                if k0 == kind {
-                    out.push((String::from_utf8_lossy(name).into_owned(), v.to_vec()));
-                }
-            }
-        })?;
+        self.meta
+            .scan(Cf::Notify, &[kind], Some(&[kind + 1]), &mut |k, v| {
+                let name = String::from_utf8_lossy(&k[1..]).into_owned();
+                out.push((name, decode_blob(v)?.to_vec()));
+                Ok(true)
+            })?;
         Ok(out)
     }
 
     pub fn global_get(&self, key: &str) -> Result<Option<GlobalValue>> {
-        self.db
-            .get_pinned_cf(self.cf(Cf::Global), key.as_bytes())?
-            .map(|v| GlobalValue::decode(&v))
-            .transpose()
+        Ok(self.global_versioned(key)?.0)
+    }
+
+    /// A global-table value and the version of its record.
+    pub fn global_versioned(&self, key: &str) -> Result<(Option<GlobalValue>, Version)> {
+        match self.meta.get(Cf::Global, key.as_bytes())? {
+            Some((v, version)) => Ok((Some(GlobalValue::decode(&v)?), version)),
+            None => Ok((None, 0)),
+        }
     }
 
     /// Every global-table entry, in key order.
     pub fn global_entries(&self) -> Result<Vec<(String, GlobalValue)>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(Cf::Global), IteratorMode::Start)
-        {
-            let (k, v) = item?;
+        self.scan(Cf::Global, &mut |k, v| {
             out.push((
-                String::from_utf8_lossy(&k).into_owned(),
-                GlobalValue::decode(&v)?,
+                String::from_utf8_lossy(k).into_owned(),
+                GlobalValue::decode(v)?,
             ));
-        }
+            Ok(true)
+        })?;
         Ok(out)
-    }
-
-    /// `scan`, with each value's blob decoded (the first undecodable value is the error).
-    fn scan_blobs(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (k, v) = item?;
-            f(&k, decode_blob(&v)?);
-        }
-        Ok(())
     }
 
     /// Inodes unlinked while open when the store was last used.
     pub fn orphans(&self) -> Result<Vec<Ino>> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(Cf::Orphans), IteratorMode::Start)
-        {
-            let (k, _) = item?;
-            out.push(keys::decode_inode(&k).ok_or_else(|| Error::Corrupt("orphan key".into()))?);
-        }
+        self.scan(Cf::Orphans, &mut |k, _| {
+            out.push(keys::decode_inode(k).ok_or_else(|| Error::Corrupt("orphan key".into()))?);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     /// The highest inode number in use (0 for an empty store).
     pub fn max_ino(&self) -> Result<Ino> {
-        match self
-            .db
-            .iterator_cf(self.cf(Cf::Inodes), IteratorMode::End)
-            .next()
-        {
-            Some(item) => {
-                let (k, _) = item?;
-                keys::decode_inode(&k).ok_or_else(|| Error::Corrupt("inode key".into()))
-            }
+        match self.meta.last_key(Cf::Inodes)? {
+            Some(k) => keys::decode_inode(&k).ok_or_else(|| Error::Corrupt("inode key".into())),
             None => Ok(0),
         }
     }
 
     /// Every inode record, in number order, decoded (fsck).
     pub fn scan_inodes(&self, mut f: impl FnMut(Ino, Result<Inode>)) -> Result<()> {
-        self.scan(Cf::Inodes, |k, v| match keys::decode_inode(k) {
-            Some(ino) => f(ino, Inode::decode(ino, v)),
-            None => f(0, Err(Error::Corrupt(format!("inode key {k:?}")))),
+        self.scan(Cf::Inodes, &mut |k, v| {
+            match keys::decode_inode(k) {
+                Some(ino) => f(ino, Inode::decode(ino, v)),
+                None => f(0, Err(Error::Corrupt(format!("inode key {k:?}")))),
+            }
+            Ok(true)
         })
     }
 
     /// Every directory entry: parent, name and the decoded value (fsck).
     pub fn scan_dentries(&self, mut f: impl FnMut(Ino, &[u8], Result<Dentry>)) -> Result<()> {
-        self.scan(Cf::Dentries, |k, v| match keys::decode_named(k) {
-            Some((parent, name)) => f(parent, name, Dentry::decode(v)),
-            None => f(0, k, Err(Error::Corrupt(format!("dentry key {k:?}")))),
-        })
-    }
-
-    /// Every chunk: inode, index and stored length, or the decode error (fsck).
-    pub fn scan_chunks(&self, mut f: impl FnMut(Ino, u64, Result<usize>)) -> Result<()> {
-        self.scan(Cf::Chunks, |k, v| match keys::decode_chunk(k) {
-            Some((ino, index)) => f(ino, index, decode_blob(v).map(|d| d.len())),
-            None => f(0, 0, Err(Error::Corrupt(format!("chunk key {k:?}")))),
+        self.scan(Cf::Dentries, &mut |k, v| {
+            match keys::decode_named(k) {
+                Some((parent, name)) => f(parent, name, Dentry::decode(v)),
+                None => f(0, k, Err(Error::Corrupt(format!("dentry key {k:?}")))),
+            }
+            Ok(true)
         })
     }
 
     /// The owning inode of every omap and xattr entry (fsck).
     pub fn scan_attr_owners(&self, mut f: impl FnMut(Ino, &[u8])) -> Result<()> {
         for cf in [Cf::Omap, Cf::Xattrs] {
-            self.scan(cf, |k, _| {
+            self.scan(cf, &mut |k, _| {
                 if let Some((ino, name)) = keys::decode_named(k) {
                     f(ino, name);
                 }
+                Ok(true)
             })?;
         }
         Ok(())
     }
 
-    fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8])) -> Result<()> {
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
-            let (k, v) = item?;
-            f(&k, &v);
-        }
-        Ok(())
+    /// Every key of `cf`, in order.
+    fn scan(&self, cf: Cf, f: &mut meta::Each<'_>) -> Result<()> {
+        self.meta.scan(cf, &[], None, f)
     }
 
-    /// Makes every committed batch durable against power loss (fsync of the WAL).
+    /// Makes every committed batch durable against power loss.
     pub fn sync(&self) -> Result<()> {
-        Ok(self.db.flush_wal(true)?)
+        self.meta.sync()
     }
 
-    /// Flushes memtables to SST files so the next open replays no WAL (clean shutdown).
+    /// Clean shutdown: the next open has nothing to replay.
     pub fn flush(&self) -> Result<()> {
-        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
-        self.db
-            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
-        Ok(())
+        self.meta.flush()
     }
 
-    /// Approximate bytes of live data in the store (SST + blob files + memtables).
+    /// Approximate bytes of live data in the store.
     pub fn approximate_size(&self) -> u64 {
-        Cf::ALL
-            .iter()
-            .map(|&cf| {
-                [
-                    "rocksdb.total-sst-files-size",
-                    "rocksdb.total-blob-file-size",
-                    "rocksdb.cur-size-all-mem-tables",
-                ]
-                .iter()
-                .filter_map(|p| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), *p)
-                        .ok()
-                        .flatten()
-                })
-                .sum::<u64>()
-            })
-            .sum()
+        self.meta.approximate_size()
     }
 
     /// Writes raw bytes, for tests that inject damage no `Batch` method can produce.
     #[cfg(test)]
     pub(crate) fn put_raw(&self, cf: Cf, key: &[u8], value: &[u8]) {
-        self.db
-            .put_cf(self.cf(cf), key, value)
-            .expect("test store accepts raw writes");
-    }
-
-    pub(crate) fn write(&self, wb: rocksdb::WriteBatch) -> Result<()> {
-        Ok(self.db.write(wb)?)
-    }
-}
-
-fn is_missing_or_empty(path: &Path) -> Result<bool> {
-    match std::fs::read_dir(path) {
-        Ok(entries) => Ok(entries
-            .filter_map(|e| e.ok())
-            .all(|e| e.file_name() == LOG_FILE)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path)
-                .map_err(|e| Error::io(format!("creating store {}", path.display()), e))?;
-            Ok(true)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(Error::NotAStore {
-            path: path.to_owned(),
-            why: "it is not a directory".into(),
-        }),
-        Err(e) => Err(Error::io(format!("reading store {}", path.display()), e)),
-    }
-}
-
-fn open_error(path: &Path, e: rocksdb::Error) -> Error {
-    let msg = e.to_string();
-    if msg.contains("LOCK") || msg.contains("lock") {
-        Error::StoreLocked(path.to_owned())
-    } else if msg.contains("Column famil") || msg.contains("column famil") {
-        Error::NotAStore {
-            path: path.to_owned(),
-            why: format!("its RocksDB has other column families ({msg})"),
-        }
-    } else {
-        Error::Store(e)
+        let mut w = self.meta.writes();
+        w.put(cf, key, value);
+        assert_eq!(w.commit().unwrap(), meta::Outcome::Done);
     }
 }
 
@@ -603,11 +486,7 @@ mod tests {
             batch.put_schema();
             batch.commit().unwrap();
             // As a build with 1 MiB chunks would have written it.
-            let meta = store.cf(Cf::Meta);
-            store
-                .db
-                .put_cf(meta, keys::META_CHUNK_SIZE, (1u64 << 20).to_be_bytes())
-                .unwrap();
+            store.put_raw(Cf::Meta, keys::META_CHUNK_SIZE, &(1u64 << 20).to_be_bytes());
         }
         let err = Store::open(&path)
             .err()

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use common::{TestFs, LUNAFS};
 use lunafs::store::codec::{Dentry, Kind};
+use lunafs::store::data::Edits;
 use lunafs::store::Store;
 
 fn fsck(store: &std::path::Path, repair: bool) -> (i32, String) {
@@ -64,7 +65,10 @@ fn fsck_finds_injected_damage_and_repairs_the_safe_kinds() {
         let mut fi = store.inode(f).unwrap().unwrap();
         fi.nlink = 5;
         batch.put_inode(&fi);
-        batch.put_chunk(f, 50, b"junk past the end");
+        // Bytes staged at chunk 50 while the inode keeps its size: data past the size.
+        let mut junk = Edits::new(100_000);
+        junk.write(50 * 16 * 1024, b"junk past the end").unwrap();
+        batch.apply(f, &junk).unwrap();
         batch.put_omap(888_888, b"k", b"v");
         batch.put_orphan(d);
         let mut stray = store.inode(g).unwrap().unwrap();

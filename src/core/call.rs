@@ -7,21 +7,19 @@
 //! The lock is the per-inode lock FUSE writes take, so handlers on one object are serialized
 //! with each other and with writes to it; handlers on different objects run in parallel.
 //!
-//! The transaction keeps the store's invariants while it changes data: a chunk never holds
-//! bytes past the size (truncate trims), and `cut` marks the first stored chunk that a
-//! shrink removed, so reads treat it as a hole and the commit deletes from there before it
-//! writes the new chunks.
+//! Data changes are `store::data::Edits`: reads see them over the stored bytes, and the commit
+//! hands them to the store in the same batch as the omap and xattr changes.
 
 use std::collections::BTreeMap;
 
-use super::object::{read_chunks, write_chunks, MAX_FILE_SIZE};
 use super::omap::{parse, XName, XATTR_SIZE_MAX};
 use super::{class::StoreModules, dir, Core, Name};
 use crate::error::{Error, Result};
 use crate::lua::{Call, Object, Outcome, Script};
 use crate::store::codec::{Inode, Kind, Timestamp};
+use crate::store::data::Edits;
 use crate::store::keys::Ino;
-use crate::store::schema::CHUNK_SIZE;
+use crate::store::meta::Version;
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -138,10 +136,27 @@ impl Core {
                 method,
             ),
         };
+        self.transact("handler call", || {
+            self.call_once(target, &script, (class, method), input)
+        })
+    }
+
+    /// One run of a call and its commit: run again (handler included) if another mount
+    /// changed the object meanwhile.
+    fn call_once(
+        &self,
+        target: &Target,
+        script: &Script,
+        (class, method): (&str, &str),
+        input: &[u8],
+    ) -> Result<CallReply> {
         // Only the object: a long handler must not hold up its directory (creates, renames
         // of its neighbours). A commit that unlinks takes the directory's lock too, below.
         let held = self.locks.lock(&[target.ino]);
-        let inode = self.getattr(target.ino)?;
+        let (inode, version) = self
+            .store
+            .inode_versioned(target.ino)?
+            .ok_or_else(|| Error::NotFound(format!("inode {}", target.ino)))?;
         match inode.kind {
             Kind::File => {}
             Kind::Dir => return Err(Error::IsDir(describe(target))),
@@ -158,9 +173,9 @@ impl Core {
             }
         }
         let size_before = inode.size;
-        let mut txn = ObjectTxn::new(self, target, inode);
+        let mut txn = ObjectTxn::new(self, target, inode, version);
         let call = Call {
-            script: &script,
+            script,
             method,
             input,
             class,
@@ -321,14 +336,15 @@ impl Overlay {
 struct ObjectTxn<'c> {
     core: &'c Core,
     target: &'c Target,
+    /// The inode as the call began, with its version: the commit checks it is unchanged.
+    read: (Inode, Version),
     /// The inode as the handler sees it (size, times).
     inode: Inode,
     /// False after `remove()` (until a `create()`).
     exists: bool,
     /// `remove()` was called: the content was wiped, and the name goes unless re-created.
     removed: bool,
-    chunks: BTreeMap<u64, Vec<u8>>,
-    cut: Option<u64>,
+    data: Edits,
     omap: Overlay,
     header: Option<Option<Vec<u8>>>,
     /// The non-`user.` xattrs, by full name.
@@ -355,15 +371,16 @@ impl<'c> ObjectTxn<'c> {
         Ok(())
     }
 
-    fn new(core: &'c Core, target: &'c Target, inode: Inode) -> Self {
+    fn new(core: &'c Core, target: &'c Target, inode: Inode, version: Version) -> Self {
+        let size = inode.size;
         ObjectTxn {
             core,
             target,
+            read: (inode.clone(), version),
             inode,
             exists: true,
             removed: false,
-            chunks: BTreeMap::new(),
-            cut: None,
+            data: Edits::new(size),
             omap: Overlay::default(),
             header: None,
             xattrs: Overlay::default(),
@@ -393,28 +410,6 @@ impl<'c> ObjectTxn<'c> {
             self.exists = true;
             self.meta_changed = true;
         }
-    }
-
-    /// Chunks `first..=last` as the handler sees them.
-    fn chunks(&self, first: u64, last: u64) -> Result<Vec<Option<Vec<u8>>>> {
-        let stored_last = match self.cut {
-            Some(cut) if cut <= first => None,
-            Some(cut) => Some(last.min(cut - 1)),
-            None => Some(last),
-        };
-        let mut out = match stored_last {
-            Some(l) => self.core.store.chunks(self.ino(), first, l)?,
-            None => Vec::new(),
-        };
-        out.resize((last - first + 1) as usize, None);
-        for (&i, c) in self.chunks.range(first..=last) {
-            out[(i - first) as usize] = Some(c.clone());
-        }
-        Ok(out)
-    }
-
-    fn chunk(&self, index: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.chunks(index, index)?.pop().flatten())
     }
 
     fn changed_data(&mut self) {
@@ -452,6 +447,8 @@ impl<'c> ObjectTxn<'c> {
         let ino = self.ino();
         let now = Timestamp::now();
         let mut txn = core.txn();
+        let (inode, version) = self.read.clone();
+        txn.seed(inode, version);
         let mut queued = super::events::Enqueued::NONE;
         let unlink = self.removes_name();
         if unlink {
@@ -460,6 +457,11 @@ impl<'c> ObjectTxn<'c> {
                 .entry
                 .as_ref()
                 .expect("remove() refuses calls without an entry");
+            // The directory's version, then its entry again: both checked at the commit.
+            txn.get(*parent)?;
+            if core.store.dentry(*parent, name.as_bytes())?.map(|d| d.ino) != Some(ino) {
+                return Err(Error::NotFound(describe(self.target)));
+            }
             if txn.get(ino)?.nlink <= 1 {
                 let side = (*parent, name.as_bytes(), ino);
                 queued = core.queue_delete(&mut txn, side, self.target.uid)?;
@@ -475,11 +477,8 @@ impl<'c> ObjectTxn<'c> {
             }
         }
         let b = &mut txn.batch;
-        if let Some(cut) = self.cut {
-            b.delete_chunks_from(ino, cut);
-        }
-        for (&index, data) in &self.chunks {
-            b.put_chunk(ino, index, data);
+        if !self.data.is_empty() {
+            b.apply(ino, &self.data)?;
         }
         if self.omap.cleared {
             b.clear_omap(ino);
@@ -579,7 +578,8 @@ impl Object for ObjectTxn<'_> {
             return Ok(Vec::new());
         }
         let end = size.min(offset.saturating_add(len));
-        read_chunks(offset, end, |first, last| self.chunks(first, last))
+        let (store, ino) = (&self.core.store, self.ino());
+        self.data.read(offset, end, |a, b| store.read(ino, a, b))
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
@@ -587,20 +587,10 @@ impl Object for ObjectTxn<'_> {
         if data.is_empty() {
             return Ok(());
         }
-        let mut written = Vec::new();
-        let end = write_chunks(
-            self.inode.size,
-            offset,
-            data,
-            |index| self.chunk(index),
-            |index, chunk| written.push((index, chunk.to_vec())),
-        )?;
-        for (index, chunk) in written {
-            let old = self.chunks.get(&index).map_or(0, Vec::len);
-            self.hold(chunk.len(), old)?;
-            self.chunks.insert(index, chunk);
-        }
-        self.inode.size = self.inode.size.max(end);
+        let before = self.data.held();
+        self.data.write(offset, data)?;
+        self.hold(self.data.held(), before)?;
+        self.inode.size = self.data.size();
         self.changed_data();
         Ok(())
     }
@@ -612,24 +602,9 @@ impl Object for ObjectTxn<'_> {
 
     fn truncate(&mut self, size: u64) -> Result<()> {
         self.recreate();
-        if size > MAX_FILE_SIZE {
-            return Err(Error::FileTooBig(size));
-        }
-        if size < self.inode.size {
-            let keep_chunks = size.div_ceil(CHUNK_SIZE);
-            let keep = (size % CHUNK_SIZE) as usize;
-            let partial = if keep != 0 {
-                self.chunk(size / CHUNK_SIZE)?
-            } else {
-                None
-            };
-            self.cut = Some(self.cut.map_or(keep_chunks, |c| c.min(keep_chunks)));
-            self.chunks.retain(|&i, _| i < keep_chunks);
-            if let Some(mut chunk) = partial {
-                chunk.truncate(keep);
-                self.chunks.insert(size / CHUNK_SIZE, chunk);
-            }
-        }
+        let before = self.data.held();
+        self.data.truncate(size)?;
+        self.hold(self.data.held(), before)?;
         if size != self.inode.size {
             self.inode.size = size;
             self.changed_data();

@@ -2,69 +2,77 @@
 //! from memory, and a reservation of the next `block` is committed to the store (one small
 //! write) before any number past the last reservation is handed out. After a restart the
 //! counter starts at the reservation, so a number is never handed out twice, even if what it
-//! named was deleted meanwhile.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! named was deleted meanwhile. Mounts sharing a store each reserve their own blocks: a
+//! reservation checks the record's version, so two mounts never take the same block.
 
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::store::{Batch, Store};
+use crate::store::Store;
 
 pub struct Counter {
     what: &'static str,
-    next: AtomicU64,
-    /// Numbers below this are reserved in the store.
-    reserved: AtomicU64,
-    reserving: Mutex<()>,
+    /// The `meta` record holding the reservation.
+    key: &'static [u8],
+    /// (next to hand out, numbers below this are reserved for this counter).
+    state: Mutex<(u64, u64)>,
     block: u64,
     /// Numbers at or above this are never handed out.
     limit: u64,
-    /// Writes a reservation into a batch.
-    record: fn(&mut Batch<'_>, u64),
 }
 
 impl Counter {
-    /// A counter that hands out `start` next; `record` stores a reservation.
+    /// A counter that hands out `start` next, its reservation kept under `key`.
     pub fn new(
         what: &'static str,
+        key: &'static [u8],
         start: u64,
         block: u64,
         limit: u64,
-        record: fn(&mut Batch<'_>, u64),
     ) -> Counter {
         Counter {
             what,
-            next: AtomicU64::new(start),
-            reserved: AtomicU64::new(start),
-            reserving: Mutex::new(()),
+            key,
+            state: Mutex::new((start, start)),
             block,
             limit,
-            record,
         }
     }
 
     /// A never-used number; its reservation is committed before it is returned.
     pub fn next(&self, store: &Store) -> Result<u64> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        if n >= self.limit.saturating_sub(self.block) {
-            return Err(Error::Corrupt(format!("{} exhausted", self.what)));
+        let mut state = self.state.lock();
+        if state.0 >= state.1 {
+            *state = self.reserve(store, state.0)?;
         }
-        if n >= self.reserved.load(Ordering::Acquire) {
-            let _one = self.reserving.lock();
-            if n >= self.reserved.load(Ordering::Acquire) {
-                let below = n + self.block;
-                let mut batch = store.batch();
-                (self.record)(&mut batch, below);
-                batch.commit()?;
-                self.reserved.store(below, Ordering::Release);
+        let n = state.0;
+        state.0 += 1;
+        Ok(n)
+    }
+
+    /// Reserves a block at or above `from` and above every other reservation; returns its
+    /// (start, end).
+    fn reserve(&self, store: &Store, from: u64) -> Result<(u64, u64)> {
+        loop {
+            let (high, version) = store.reserved(self.key)?;
+            let start = high.max(from);
+            let below = start + self.block;
+            if below >= self.limit {
+                return Err(Error::Corrupt(format!("{} exhausted", self.what)));
+            }
+            let mut batch = store.batch();
+            batch.check_counter(self.key, version);
+            batch.put_reserved(self.key, below);
+            match batch.commit() {
+                Ok(()) => return Ok((start, below)),
+                Err(Error::Conflict) => continue,
+                Err(e) => return Err(e),
             }
         }
-        Ok(n)
     }
 
     /// The next number that would be handed out.
     pub fn peek(&self) -> u64 {
-        self.next.load(Ordering::Relaxed)
+        self.state.lock().0
     }
 }

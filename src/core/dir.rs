@@ -165,6 +165,24 @@ impl Core {
             }
         }
         let _held = self.locks.lock(&[parent]);
+        let inode = self.transact("create", || {
+            self.make_node_txn(ctx, parent, name, (kind, mode, rdev), target)
+        })?;
+        if parent == ROOT {
+            self.root_changed();
+        }
+        Ok(inode)
+    }
+
+    /// `make_node`'s transaction, under the parent's lock.
+    fn make_node_txn(
+        &self,
+        ctx: Ctx,
+        parent: Ino,
+        name: &Name,
+        (kind, mode, rdev): (Kind, u32, u32),
+        target: &[u8],
+    ) -> Result<Inode> {
         let mut txn = self.txn();
         let now = Timestamp::now();
         let dir = txn.modify(parent)?;
@@ -218,9 +236,6 @@ impl Core {
             .put_dentry(parent, name.as_bytes(), Dentry { ino, kind });
         txn.insert(inode.clone());
         txn.commit()?;
-        if parent == ROOT {
-            self.root_changed();
-        }
         Ok(inode)
     }
 
@@ -231,6 +246,11 @@ impl Core {
             )));
         }
         let _held = self.locks.lock(&[ino, newparent]);
+        self.transact("link", || self.link_txn(ino, newparent, newname))
+    }
+
+    /// `link`'s transaction, under the locks of both inodes.
+    fn link_txn(&self, ino: Ino, newparent: Ino, newname: &Name) -> Result<Inode> {
         let mut txn = self.txn();
         let now = Timestamp::now();
         let dir = txn.modify(newparent)?;
@@ -278,16 +298,22 @@ impl Core {
 
     /// unlink(2) by the process with `uid` (the Delete event's userIdentity).
     pub fn unlink(&self, uid: u32, parent: Ino, name: &Name) -> Result<()> {
+        self.transact("unlink", || self.unlink_txn(uid, parent, name))
+    }
+
+    fn unlink_txn(&self, uid: u32, parent: Ino, name: &Name) -> Result<()> {
         loop {
             let d = self.entry(parent, name)?;
             if d.kind == Kind::Dir {
                 return Err(Error::IsDir(name.to_string()));
             }
             let _held = self.locks.lock(&[parent, d.ino]);
+            // The parent's version first: the entry read after it is then checked too.
+            let mut txn = self.txn();
+            txn.get(parent)?;
             if self.store.dentry(parent, name.as_bytes())? != Some(d) {
                 continue; // renamed or replaced while we took the locks
             }
-            let mut txn = self.txn();
             let now = Timestamp::now();
             let side = (parent, name.as_bytes(), d.ino);
             let queued = match (d.kind, txn.get(d.ino)?.nlink) {
@@ -304,28 +330,35 @@ impl Core {
     }
 
     pub fn rmdir(&self, parent: Ino, name: &Name) -> Result<()> {
+        self.transact("rmdir", || self.rmdir_txn(parent, name))?;
+        if parent == ROOT {
+            self.root_changed();
+        }
+        Ok(())
+    }
+
+    fn rmdir_txn(&self, parent: Ino, name: &Name) -> Result<()> {
         loop {
             let d = self.entry(parent, name)?;
             if d.kind != Kind::Dir {
                 return Err(Error::NotDir(name.to_string()));
             }
             let _held = self.locks.lock(&[parent, d.ino]);
+            // Versions first: the entries read after them are then checked too.
+            let mut txn = self.txn();
+            txn.get(parent)?;
+            txn.get(d.ino)?;
             if self.store.dentry(parent, name.as_bytes())? != Some(d) {
                 continue;
             }
             if self.store.has_dentries(d.ino)? {
                 return Err(Error::NotEmpty(name.to_string()));
             }
-            let mut txn = self.txn();
             let now = Timestamp::now();
             txn.batch.delete_dentry(parent, name.as_bytes());
             touch_dir(txn.modify(parent)?, now, -1);
-            txn.purge(d.ino);
-            txn.commit()?;
-            if parent == ROOT {
-                self.root_changed();
-            }
-            return Ok(());
+            txn.purge(d.ino)?;
+            return txn.commit();
         }
     }
 
@@ -351,41 +384,42 @@ impl Core {
         mode: RenameMode,
     ) -> Result<()> {
         let _cross = (parent != newparent).then(|| self.cross_dir_rename.lock());
-        loop {
+        let queued = self.transact("rename", || loop {
             let src = self.entry(parent, name)?;
             let dst = self.store.dentry(newparent, newname.as_bytes())?;
             let mut inos = vec![parent, newparent, src.ino];
             inos.extend(dst.map(|d| d.ino));
             let _held = self.locks.lock(&inos);
+            // Both directories' versions first: the entries read after them are checked too.
+            let mut txn = self.txn();
+            txn.get(parent)?;
+            txn.get(newparent)?;
             if self.store.dentry(parent, name.as_bytes())? != Some(src)
                 || self.store.dentry(newparent, newname.as_bytes())? != dst
             {
                 continue;
             }
-            let queued =
-                self.rename_locked(uid, parent, name, src, newparent, newname, dst, mode)?;
-            self.queued(queued);
-            if parent == ROOT || newparent == ROOT {
-                self.root_changed();
-            }
-            return Ok(());
+            let names = (name, newname);
+            return self.rename_locked(txn, uid, (parent, newparent), names, (src, dst), mode);
+        })?;
+        self.queued(queued);
+        if parent == ROOT || newparent == ROOT {
+            self.root_changed();
         }
+        Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    /// Returns how many events it queued.
+    /// The rename in `txn` (which has read both directories), under the locks of every inode
+    /// it changes; returns the events it queued.
     fn rename_locked(
         &self,
+        mut txn: Txn<'_>,
         uid: u32,
-        parent: Ino,
-        name: &Name,
-        src: Dentry,
-        newparent: Ino,
-        newname: &Name,
-        dst: Option<Dentry>,
+        (parent, newparent): (Ino, Ino),
+        (name, newname): (&Name, &Name),
+        (src, dst): (Dentry, Option<Dentry>),
         mode: RenameMode,
     ) -> Result<Enqueued> {
-        let mut txn = self.txn();
         self.check_same_bucket(&mut txn, parent, src, newparent, newname)?;
         if let (RenameMode::Exchange, Some(d)) = (mode, dst) {
             self.check_same_bucket(&mut txn, newparent, d, parent, name)?;
@@ -398,7 +432,7 @@ impl Core {
             _ => {}
         }
         if src.kind == Kind::Dir && parent != newparent {
-            self.check_not_into_itself(src.ino, newparent, name)?;
+            self.check_not_into_itself(&mut txn, src.ino, newparent, name)?;
             if txn.get(newparent)?.nlink >= LINK_MAX {
                 return Err(Error::TooManyLinks(newparent));
             }
@@ -410,7 +444,7 @@ impl Core {
 
         if let (RenameMode::Exchange, Some(d)) = (mode, dst) {
             if d.kind == Kind::Dir && parent != newparent {
-                self.check_not_into_itself(d.ino, parent, newname)?;
+                self.check_not_into_itself(&mut txn, d.ino, parent, newname)?;
             }
             txn.modify(d.ino)?.ctime = now;
             let queued = self.queue_exchange(
@@ -432,11 +466,12 @@ impl Core {
                 (true, false) => return Err(Error::NotDir(newname.to_string())),
                 (false, true) => return Err(Error::IsDir(newname.to_string())),
                 (true, true) => {
+                    txn.get(d.ino)?;
                     if self.store.has_dentries(d.ino)? {
                         return Err(Error::NotEmpty(newname.to_string()));
                     }
                     touch_dir(txn.modify(newparent)?, now, -1);
-                    txn.purge(d.ino);
+                    txn.purge(d.ino)?;
                 }
                 (false, false) => {
                     self.drop_link(&mut txn, (newparent, newname.as_bytes(), d.ino), now)?;
@@ -485,7 +520,15 @@ impl Core {
     }
 
     /// A directory may not move below itself (the kernel checks this too, on its dcache).
-    fn check_not_into_itself(&self, dir: Ino, newparent: Ino, name: &Name) -> Result<()> {
+    /// The ancestors are read through `txn`: a rename elsewhere that moves one of them makes
+    /// the commit fail its check.
+    fn check_not_into_itself(
+        &self,
+        txn: &mut Txn<'_>,
+        dir: Ino,
+        newparent: Ino,
+        name: &Name,
+    ) -> Result<()> {
         let mut cur = newparent;
         while cur != ROOT {
             if cur == dir {
@@ -493,7 +536,7 @@ impl Core {
                     "{name}: cannot move a directory into itself"
                 )));
             }
-            cur = self.getattr(cur)?.parent;
+            cur = txn.get(cur)?.parent;
         }
         Ok(())
     }
@@ -524,7 +567,7 @@ impl Core {
             if self.is_open(ino) {
                 txn.batch.put_orphan(ino);
             } else {
-                txn.purge(ino);
+                txn.purge(ino)?;
                 return Ok(true);
             }
         }

@@ -212,10 +212,10 @@ impl Events {
             watched: RwLock::default(),
             seq: Counter::new(
                 "event sequence numbers",
+                keys::META_EVENT_RESERVED,
                 next,
                 SEQ_BLOCK,
                 u64::MAX,
-                |batch, below| batch.put_event_reserved(below),
             ),
             changing: Mutex::new(()),
             store_id,

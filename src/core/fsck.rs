@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::ROOT;
 use crate::error::Result;
 use crate::store::codec::{Dentry, Inode, Kind};
+use crate::store::data::{Fix, Owner};
+use crate::store::keys;
 use crate::store::keys::Ino;
-use crate::store::schema::CHUNK_SIZE;
 use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +75,8 @@ struct Scan {
     fix_entries: Vec<(Ino, Vec<u8>, Dentry)>,
     fix_inodes: BTreeMap<Ino, Inode>,
     purge: BTreeSet<Ino>,
-    drop_chunks_from: BTreeMap<Ino, u64>,
-    trim_chunks: Vec<(Ino, u64, usize)>,
+    /// Inodes whose data past a size goes.
+    trim_data: BTreeMap<Ino, u64>,
     drop_orphans: Vec<Ino>,
     reserve_above: Option<Ino>,
     drop_events: Vec<u64>,
@@ -125,7 +126,7 @@ pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
     }
     check_entries(store, &mut s)?;
     check_inodes(store, &mut s)?;
-    check_chunks(store, &mut s)?;
+    check_data(store, &mut s)?;
     check_queue(store, &mut s)?;
     store.scan_attr_owners(|ino, name| {
         if !s.inodes.contains_key(&ino) && !s.damaged.contains(&ino) && s.purge.insert(ino) {
@@ -332,51 +333,27 @@ fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
     Ok(())
 }
 
-fn check_chunks(store: &Store, s: &mut Scan) -> Result<()> {
-    let mut chunks = Vec::new();
-    store.scan_chunks(|ino, index, r| chunks.push((ino, index, r)))?;
-    s.report.chunks = chunks.len();
-    for (ino, index, r) in chunks {
-        let size = match s.inodes.get(&ino) {
-            Some(i) if i.kind == Kind::File => i.size,
-            Some(_) => {
-                if !s.drop_chunks_from.contains_key(&ino) {
-                    s.find(
-                        true,
-                        format!("data chunks on inode {ino}, which is not a file"),
-                    );
-                    s.drop_chunks_from.insert(ino, 0);
+fn check_data(store: &Store, s: &mut Scan) -> Result<()> {
+    let owner = |ino: Ino| match s.inodes.get(&ino) {
+        Some(i) if i.kind == Kind::File => Owner::File { size: i.size },
+        Some(_) => Owner::Other,
+        None if s.damaged.contains(&ino) => Owner::Damaged,
+        None => Owner::Missing,
+    };
+    let checked = store.check_data(&owner)?;
+    s.report.chunks = checked.units;
+    for f in checked.findings {
+        match f.fix {
+            Fix::Trim(size) => {
+                s.trim_data.insert(f.ino, size);
+                s.find(true, f.problem);
+            }
+            Fix::Purge => {
+                if s.purge.insert(f.ino) {
+                    s.find(true, f.problem);
                 }
-                continue;
             }
-            None if s.damaged.contains(&ino) => continue,
-            None => {
-                if s.purge.insert(ino) {
-                    s.find(true, format!("data chunks of missing inode {ino}"));
-                }
-                continue;
-            }
-        };
-        let len = match r {
-            Ok(len) => len as u64,
-            Err(e) => {
-                s.find(false, format!("inode {ino} chunk {index}: {e}"));
-                continue;
-            }
-        };
-        let base = index * CHUNK_SIZE;
-        if base >= size && !s.drop_chunks_from.contains_key(&ino) {
-            s.find(
-                true,
-                format!("inode {ino}: chunk {index} lies past the size {size}"),
-            );
-            s.drop_chunks_from.insert(ino, index);
-        } else if base < size && base + len > size {
-            s.find(
-                true,
-                format!("inode {ino}: chunk {index} holds bytes past the size {size}"),
-            );
-            s.trim_chunks.push((ino, index, (size - base) as usize));
+            Fix::None => s.find(false, f.problem),
         }
     }
     Ok(())
@@ -420,7 +397,7 @@ fn apply(store: &Store, s: &mut Scan) -> Result<()> {
         batch.delete_event(seq);
     }
     if let Some(max) = s.reserve_events_above {
-        batch.put_event_reserved(max + 1);
+        batch.put_reserved(keys::META_EVENT_RESERVED, max + 1);
     }
     for (parent, name) in &s.drop_entries {
         batch.delete_dentry(*parent, name);
@@ -431,23 +408,17 @@ fn apply(store: &Store, s: &mut Scan) -> Result<()> {
     for inode in s.fix_inodes.values() {
         batch.put_inode(inode);
     }
-    for (&ino, &from) in &s.drop_chunks_from {
-        batch.delete_chunks_from(ino, from);
-    }
-    for &(ino, index, keep) in &s.trim_chunks {
-        if let Some(Some(mut data)) = store.chunks(ino, index, index)?.pop() {
-            data.truncate(keep);
-            batch.put_chunk(ino, index, &data);
-        }
+    for (&ino, &size) in &s.trim_data {
+        batch.trim_data(ino, size)?;
     }
     for &ino in &s.drop_orphans {
         batch.delete_orphan(ino);
     }
     for &ino in &s.purge {
-        batch.purge_inode(ino);
+        batch.purge_inode(ino)?;
     }
     if let Some(max) = s.reserve_above {
-        batch.put_ino_reserved(max + 1);
+        batch.put_reserved(keys::META_INO_RESERVED, max + 1);
     }
     batch.commit()?;
     store.sync()
@@ -489,9 +460,8 @@ mod tests {
         };
         let store = Store::open(&path).unwrap();
         store.put_raw(Cf::Inodes, &keys::inode(sub), b"\x09 not an inode");
-        let mut batch = store.batch();
-        batch.put_chunk(bucket, 0, b"stray data on a directory");
-        batch.commit().unwrap();
+        let stray = crate::store::codec::encode_blob(b"stray data on a directory");
+        store.put_raw(Cf::Chunks, &keys::chunk(bucket, 0), &stray);
 
         let report = fsck(&store, true).unwrap();
         assert_eq!(report.exit_code(), 4, "{:?}", report.findings);
@@ -503,14 +473,15 @@ mod tests {
         assert!(store.dentry(bucket, b"d").unwrap().is_some());
         assert!(store.dentry(sub, b"f").unwrap().is_some());
         assert_eq!(store.inode(file).unwrap().unwrap().size, 40_000);
-        assert_eq!(
-            store.chunks(file, 0, 2).unwrap().iter().flatten().count(),
-            3
-        );
+        assert_eq!(store.read(file, 0, 40_000).unwrap(), vec![5u8; 40_000]);
         assert_eq!(store.omap_get(file, b"k").unwrap().unwrap(), b"v");
         // The stray chunk went, the directory it sat on did not.
         assert!(store.inode(bucket).unwrap().is_some());
-        assert_eq!(store.chunks(bucket, 0, 0).unwrap(), vec![None]);
+        assert!(store
+            .meta()
+            .get(Cf::Chunks, &keys::chunk(bucket, 0))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

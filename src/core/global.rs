@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use super::Core;
 use crate::error::{Error, Result};
 use crate::store::codec::events::GlobalValue;
+use crate::store::meta::Version;
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 256;
@@ -33,36 +34,42 @@ impl Core {
     /// Stores (Some) or deletes (None) `key`.
     pub fn global_set(&self, key: &str, value: Option<GlobalValue>) -> Result<()> {
         let mut count = self.global.0.lock();
-        self.global_set_locked(&mut count, key, value)
+        self.global_write(&mut count, key, value, None)
     }
 
     /// Adds `delta` to the number at `key` (absent is 0); integers stay integers while the
     /// delta is whole.
     pub fn global_add(&self, key: &str, delta: f64) -> Result<GlobalValue> {
         let mut count = self.global.0.lock();
-        let new = match self.global_get(key)? {
-            None if delta.fract() == 0.0 => GlobalValue::Int(delta as i64),
-            None => GlobalValue::Num(delta),
-            Some(GlobalValue::Int(i)) if delta.fract() == 0.0 => {
-                GlobalValue::Int(i.saturating_add(delta as i64))
-            }
-            Some(GlobalValue::Int(i)) => GlobalValue::Num(i as f64 + delta),
-            Some(GlobalValue::Num(n)) => GlobalValue::Num(n + delta),
-            Some(_) => {
-                return Err(Error::InvalidArgument(format!(
-                    "RGW[{key:?}] is not a number"
-                )))
-            }
-        };
-        self.global_set_locked(&mut count, key, Some(new.clone()))?;
-        Ok(new)
+        // The read is checked at the commit: increments from several mounts all count.
+        self.transact("RGW.increment", || {
+            let (old, version) = self.store.global_versioned(key)?;
+            let new = match old {
+                None if delta.fract() == 0.0 => GlobalValue::Int(delta as i64),
+                None => GlobalValue::Num(delta),
+                Some(GlobalValue::Int(i)) if delta.fract() == 0.0 => {
+                    GlobalValue::Int(i.saturating_add(delta as i64))
+                }
+                Some(GlobalValue::Int(i)) => GlobalValue::Num(i as f64 + delta),
+                Some(GlobalValue::Num(n)) => GlobalValue::Num(n + delta),
+                Some(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "RGW[{key:?}] is not a number"
+                    )))
+                }
+            };
+            self.global_write(&mut count, key, Some(new.clone()), Some(version))?;
+            Ok(new)
+        })
     }
 
-    fn global_set_locked(
+    /// Writes `key`; with `checked`, only if the key still has that version.
+    fn global_write(
         &self,
         count: &mut Option<usize>,
         key: &str,
         value: Option<GlobalValue>,
+        checked: Option<Version>,
     ) -> Result<()> {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(Error::InvalidArgument(format!(
@@ -83,6 +90,9 @@ impl Core {
         };
         let existed = self.store.global_get(key)?.is_some();
         let mut batch = self.store.batch();
+        if let Some(version) = checked {
+            batch.check_global(key, version);
+        }
         let n = match value {
             Some(v) => {
                 if !existed && n >= MAX_ENTRIES {

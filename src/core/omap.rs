@@ -60,24 +60,26 @@ impl Core {
             return Err(Error::ValueTooLarge(shown(), value.len()));
         }
         let _held = self.locks.lock(&[ino]);
-        let mut inode = self.getattr(ino)?;
-        let exists = self.get_raw(ino, &xname)?.is_some();
-        match (mode, exists) {
-            (SetMode::Create | SetMode::Never, true) => return Err(Error::Exists(shown())),
-            (SetMode::Replace | SetMode::Never, false) => return Err(Error::NoAttr(shown())),
-            _ => {}
-        }
-        let mut batch = self.store.batch();
-        match xname {
-            XName::Omap(k) => batch.put_omap(ino, k, value),
-            XName::Plain(n) => batch.put_xattr(ino, n, value),
-        }
-        inode.ctime = Timestamp::now();
-        batch.put_inode(&inode);
-        let queued = self.metadata_event(&mut batch, &inode, &xname, Some(value), uid)?;
-        batch.commit()?;
-        self.queued(queued);
-        Ok(())
+        self.transact("setxattr", || {
+            let mut txn = self.txn();
+            let inode = txn.modify(ino)?;
+            let exists = self.get_raw(ino, &xname)?.is_some();
+            match (mode, exists) {
+                (SetMode::Create | SetMode::Never, true) => return Err(Error::Exists(shown())),
+                (SetMode::Replace | SetMode::Never, false) => return Err(Error::NoAttr(shown())),
+                _ => {}
+            }
+            inode.ctime = Timestamp::now();
+            let inode = inode.clone();
+            match xname {
+                XName::Omap(k) => txn.batch.put_omap(ino, k, value),
+                XName::Plain(n) => txn.batch.put_xattr(ino, n, value),
+            }
+            let queued = self.metadata_event(&mut txn.batch, &inode, &xname, Some(value), uid)?;
+            txn.commit()?;
+            self.queued(queued);
+            Ok(())
+        })
     }
 
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
@@ -116,21 +118,23 @@ impl Core {
     pub fn removexattr(&self, uid: u32, ino: Ino, name: &[u8]) -> Result<()> {
         let xname = parse(name)?;
         let _held = self.locks.lock(&[ino]);
-        let mut inode = self.getattr(ino)?;
-        if self.get_raw(ino, &xname)?.is_none() {
-            return Err(Error::NoAttr(String::from_utf8_lossy(name).into_owned()));
-        }
-        let mut batch = self.store.batch();
-        match xname {
-            XName::Omap(k) => batch.delete_omap(ino, k),
-            XName::Plain(n) => batch.delete_xattr(ino, n),
-        }
-        inode.ctime = Timestamp::now();
-        batch.put_inode(&inode);
-        let queued = self.metadata_event(&mut batch, &inode, &xname, None, uid)?;
-        batch.commit()?;
-        self.queued(queued);
-        Ok(())
+        self.transact("removexattr", || {
+            let mut txn = self.txn();
+            let inode = txn.modify(ino)?;
+            if self.get_raw(ino, &xname)?.is_none() {
+                return Err(Error::NoAttr(String::from_utf8_lossy(name).into_owned()));
+            }
+            inode.ctime = Timestamp::now();
+            let inode = inode.clone();
+            match xname {
+                XName::Omap(k) => txn.batch.delete_omap(ino, k),
+                XName::Plain(n) => txn.batch.delete_xattr(ino, n),
+            }
+            let queued = self.metadata_event(&mut txn.batch, &inode, &xname, None, uid)?;
+            txn.commit()?;
+            self.queued(queued);
+            Ok(())
+        })
     }
 
     /// `ObjectMetadata:Set` for setting (`Some`) or removing attribute `name` of a watched

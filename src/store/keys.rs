@@ -111,6 +111,16 @@ pub const META_INODE_NAMES: &[u8] = b"inode_names";
 /// so a rename need not read the object again. NUL-prefixed like `OMAP_HEADER`.
 pub const ETAG: &[u8] = b"\0etag";
 
+/// `meta`: the value of a reserve-ahead counter's record (`META_INO_RESERVED`,
+/// `META_EVENT_RESERVED`).
+pub fn counter(below: u64) -> [u8; 8] {
+    below.to_be_bytes()
+}
+
+pub fn decode_counter(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
 /// `queue`: the event sequence number.
 pub fn event(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()

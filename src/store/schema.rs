@@ -1,10 +1,8 @@
 //! The column families of a lunafs store and their RocksDB options, declared once.
 //!
 //! Every key layout lives in `keys.rs` and every value layout in `codec.rs`; this file only
-//! names the families and tunes each for what it holds. Nothing outside `store` opens a family
-//! by name.
-
-use rocksdb::{BlockBasedOptions, Cache, Options};
+//! names the families (each engine tunes its own: `rocks.rs`). Nothing outside `store` opens a
+//! family by name.
 
 /// Format version of the store as a whole, written to `meta` on creation.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -82,51 +80,5 @@ impl Cf {
             Cf::Notify => "notify",
             Cf::Global => "global",
         }
-    }
-
-    pub fn options(self, cache: &Cache) -> Options {
-        let mut opts = Options::default();
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(cache);
-        match self {
-            Cf::Chunks => {
-                // File data: chunk-sized values. Kept in SST files, not
-                // blob files: measured with benches/ (512 MiB dd, cold cache), SST gave ~850
-                // MB/s reads and ~300 MB/s writes against ~700 and ~290 with blob files,
-                // because MultiGet coalesces the adjacent blocks of one read into one I/O.
-                // No compression: file data is mostly compressed or random already.
-                opts.set_write_buffer_size(128 << 20);
-                opts.set_compression_type(rocksdb::DBCompressionType::None);
-            }
-            Cf::Inodes | Cf::Dentries => {
-                // Metadata: small, hot, looked up by exact key (inodes) or short prefix scans
-                // (readdir). Bloom filters make a miss (ENOENT on lookup) one memory probe.
-                // Index and filter blocks stay with the open table, not in the block cache:
-                // SSTs are read through mmap, and RocksDB does not cache uncompressed blocks
-                // it can read from the mapping, so every lookup re-read and re-checksummed the
-                // whole filter (70% of lunafs's CPU in a cold `ls -l` of 100,000 entries).
-                table.set_bloom_filter(10.0, false);
-                opts.set_write_buffer_size(32 << 20);
-                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            }
-            Cf::Queue => {
-                // A FIFO: appended at the end, deleted from the front; small memtables keep
-                // the tombstones of delivered events from piling up in memory.
-                opts.set_write_buffer_size(8 << 20);
-                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            }
-            Cf::Meta
-            | Cf::Omap
-            | Cf::Xattrs
-            | Cf::Orphans
-            | Cf::Classes
-            | Cf::Packages
-            | Cf::Notify
-            | Cf::Global => {
-                opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            }
-        }
-        opts.set_block_based_table_factory(&table);
-        opts
     }
 }

@@ -190,11 +190,7 @@ impl Core {
     }
 
     pub(super) fn content_md5(&self, ino: Ino, size: u64) -> Result<String> {
-        md5_of(size, |at, end| {
-            crate::core::object::read_chunks(at, end, |first, last| {
-                self.store.chunks(ino, first, last)
-            })
-        })
+        md5_of(size, |at, end| self.store.read(ino, at, end))
     }
 }
 

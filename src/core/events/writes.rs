@@ -43,6 +43,15 @@ struct Writing {
     held: Vec<u64>,
 }
 
+/// What `put_txn` did.
+enum Recorded {
+    /// The file has no name left: no Put.
+    Removed,
+    /// It is no longer in a watched bucket (or nowhere to be named).
+    Nowhere,
+    Put(super::Enqueued),
+}
+
 #[derive(Default)]
 pub struct Writes {
     open: Mutex<HashMap<Ino, Writing>>,
@@ -215,22 +224,38 @@ impl Core {
     /// replacing a held one. The caller holds the object's lock. A failed commit leaves
     /// the file "written", so the next close or the release tries again.
     fn record_put(&self, ino: Ino, state: &mut Writing, held: bool) -> Result<()> {
-        let inode = self.getattr(ino)?;
+        let recorded = self.transact("close", || self.put_txn(ino, state));
+        match recorded? {
+            Recorded::Removed => {
+                // Removed while open: its Delete is queued; a Put after it would resurrect it.
+                state.written = false;
+                self.confirm(std::mem::take(&mut state.held));
+            }
+            Recorded::Nowhere => state.written = false,
+            Recorded::Put(queued) => {
+                self.replace_held(ino, &queued, held, state);
+                state.written = false;
+                self.queued(queued);
+            }
+        }
+        Ok(())
+    }
+
+    /// The Put of `ino` as it is now, replacing the held one, in one checked transaction.
+    fn put_txn(&self, ino: Ino, state: &Writing) -> Result<Recorded> {
+        let mut txn = self.txn();
+        let inode = txn.get(ino)?.clone();
         if inode.nlink == 0 {
-            // Removed while open: its Delete is queued; a Put after it would resurrect it.
-            state.written = false;
-            self.confirm(std::mem::take(&mut state.held));
-            return Ok(());
+            return Ok(Recorded::Removed);
         }
         let Some(place) = self.place_of(&inode)? else {
-            state.written = false;
-            return Ok(());
+            return Ok(Recorded::Nowhere);
         };
         let md5 = match state.md5.clone() {
             Some((h, next)) if next == inode.size => crate::digest::md5_hex(h),
             _ => self.content_md5(ino, inode.size)?,
         };
-        let mut batch = self.store.batch();
+        let batch = &mut txn.batch;
         batch.put_etag(
             ino,
             &EtagRecord {
@@ -250,12 +275,9 @@ impl Core {
             uid: state.uid,
             ..place.change()
         };
-        let queued = self.queue(&mut batch, change)?;
-        batch.commit()?;
-        self.replace_held(ino, &queued, held, state);
-        state.written = false;
-        self.queued(queued);
-        Ok(())
+        let queued = self.queue(batch, change)?;
+        txn.commit()?;
+        Ok(Recorded::Put(queued))
     }
 
     /// After a Put of `ino` was recorded: the old held entries are gone from the queue,

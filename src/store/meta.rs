@@ -1,0 +1,80 @@
+//! `Meta`: the transactional key-value interface every record of a store lives on, and the
+//! only thing a metadata engine has to provide.
+//!
+//! Keys live in families (`schema::Cf`), each an ordered keyspace of byte strings. Reads are
+//! `get` (with the key's version), `multi_get` and ordered range scans. Writes are gathered
+//! in a `Writes` batch and committed once: all of them or none, and only if every checked key
+//! still has the version the operation read (0: the key is absent). That is optimistic
+//! concurrency: a store shared by several mounts detects that another mount changed what an
+//! operation read, and the operation runs again (`Outcome::Conflict`).
+//!
+//! Engines:
+//! - RocksDB (`rocks.rs`, the embedded default): one write batch. One process owns the store
+//!   (RocksDB's LOCK file) and core's per-inode locks order its writers, so nothing changes
+//!   between a read and the commit: every version is 0 and checks always hold.
+//! - etcd (the shared backend): one `Txn` whose compares are the checked keys' mod_revisions.
+//!
+//! The same calls fit TiKV (an optimistic transaction whose read set is the checked keys, read
+//! `for update`) and FoundationDB (a transaction's read conflict ranges): a further engine is
+//! another implementation of these two traits, with no change to core.
+
+use super::schema::Cf;
+use crate::error::Result;
+
+/// A key's version: on a shared engine the revision of its last write; 0 for an absent key,
+/// and for every key on an engine whose commits need no checks.
+pub type Version = u64;
+
+/// What became of a commit.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every write happened.
+    Done,
+    /// A checked key had changed: nothing was written.
+    Conflict,
+}
+
+/// Called with each (key, value) of a scan, in key order; returns false to stop.
+pub type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
+/// Called with each (index asked, value found) of a `multi_get`.
+pub type Found<'a> = dyn FnMut(usize, Option<&[u8]>) -> Result<()> + 'a;
+
+pub trait Meta: Send + Sync {
+    /// The value under `key` and its version.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>>;
+
+    /// The values of several keys, in the order asked, passed to `each(index, value)`
+    /// without copying them.
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]], each: &mut Found<'_>) -> Result<()>;
+
+    /// The keys from `from` (inclusive) to `to` (exclusive; None: the family's end), in order.
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, each: &mut Each<'_>) -> Result<()>;
+
+    /// The family's last key.
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>>;
+
+    /// A new, empty batch of writes.
+    fn writes(&self) -> Box<dyn Writes + '_>;
+
+    /// Makes every committed batch durable against power loss.
+    fn sync(&self) -> Result<()>;
+
+    /// Clean shutdown: whatever the engine keeps only in memory or logs goes to its files.
+    fn flush(&self) -> Result<()>;
+
+    /// Bytes the engine holds, roughly.
+    fn approximate_size(&self) -> u64;
+}
+
+/// One atomic batch: writes apply in the order given (a put after a range delete survives).
+pub trait Writes {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]);
+    fn delete(&mut self, cf: Cf, key: &[u8]);
+    /// Deletes the keys from `from` (inclusive) to `to` (exclusive).
+    fn delete_range(&mut self, cf: Cf, from: &[u8], to: &[u8]);
+    /// The commit happens only if `key` still has `version`.
+    fn check(&mut self, cf: Cf, key: &[u8], version: Version);
+    fn commit(self: Box<Self>) -> Result<Outcome>;
+}
