@@ -8,6 +8,10 @@ PKGS=(
   build-essential pkg-config  # C++ build of RocksDB
   attr rsync git tar diffutils python3 coreutils   # the tools the tests drive
   nats-server                 # notification tests
+  protobuf-compiler libprotobuf-dev   # etcd-client's gRPC code generation
+  etcd-server etcd-client     # shared backend: metadata (tests start a private etcd)
+  ceph-mon ceph-osd ceph-common librados-dev python3-rados   # shared backend: data (RADOS)
+  ceph-mds ceph-fuse          # benchmarks (CephFS peer)
   bindfs fio                  # benchmarks (FUSE passthrough baseline, IOPS)
   systemd                     # systemd-analyze, to verify the unit file
   util-linux mount            # mount(8), umount(8), mountpoint(1)
