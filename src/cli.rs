@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand};
 use crate::config::{Layered, MountConfig};
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::store::LOG_FILE;
+use crate::store::location::{Access, Location};
+use crate::store::{Store, LOG_FILE};
 
 mod calls;
 mod notify;
@@ -43,7 +44,8 @@ pub struct Cli {
 pub enum Cmd {
     /// Mount the store at STORE (created on first mount) on MOUNTPOINT.
     Mount {
-        /// Directory holding the store's RocksDB.
+        /// Directory holding the store's RocksDB, or etcd://HOST:PORT[,HOST:PORT]/NAME for a
+        /// shared filesystem (made with `lunafs format`).
         store: PathBuf,
         /// Existing directory to mount on.
         mountpoint: PathBuf,
@@ -55,6 +57,19 @@ pub enum Cmd {
         #[arg(short = 'f', long)]
         foreground: bool,
     },
+    /// Create a shared filesystem: metadata under NAME on etcd, data in a RADOS pool.
+    /// Refuses a NAME that exists.
+    Format {
+        /// etcd://HOST:PORT[,HOST:PORT]/NAME
+        location: String,
+        /// Where file data goes: rados://POOL[?conf=/etc/ceph/ceph.conf]
+        #[arg(long, value_name = "URL")]
+        data: String,
+        /// Credentials, as mount options: etcd_user=, etcd_password_file=, etcd_ca=,
+        /// etcd_cert=, etcd_key=, ceph_client=, ceph_keyring=, backend_timeout=S.
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
+    },
     /// Unmount MOUNTPOINT and wait until its lunafs has flushed and released the store.
     Umount { mountpoint: PathBuf },
     /// Show the health and counters of a mounted lunafs (its /.lunafs/stats).
@@ -62,10 +77,14 @@ pub enum Cmd {
     /// Check an unmounted store's every invariant; repair what is safe with --repair.
     /// Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left.
     Fsck {
+        /// A store directory or a shared filesystem's etcd:// URL.
         store: PathBuf,
         /// Apply the safe repairs (dangling entries, link counts, stray data).
         #[arg(long)]
         repair: bool,
+        /// Credentials of a shared filesystem, as mount options (see format).
+        #[arg(short = 'o', value_name = "OPTS")]
+        options: Vec<String>,
     },
     /// Call a handler on an object of a mounted lunafs and print its output. Exits 1 when
     /// the handler's result is negative (the errno is printed).
@@ -134,7 +153,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let mut all = layered.options;
             all.extend(options);
             let level = cli.log_level.or(layered.log_level);
-            let mut config = MountConfig::new(absolute(&store)?, absolute(&mountpoint)?);
+            let mut config = MountConfig::new(store_arg(&store)?, absolute(&mountpoint)?);
             config.apply_options(&all)?;
             check_mountpoint(&config.mountpoint)?;
             if foreground {
@@ -149,7 +168,16 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?).map(|_| 0),
         Cmd::Status { mountpoint } => status(&absolute(&mountpoint)?).map(|_| 0),
-        Cmd::Fsck { store, repair } => fsck(&absolute(&store)?, repair),
+        Cmd::Format {
+            location,
+            data,
+            options,
+        } => format(&location, &data, &options),
+        Cmd::Fsck {
+            store,
+            repair,
+            options,
+        } => fsck(&store_arg(&store)?, repair, &options),
         Cmd::Call {
             file,
             method,
@@ -167,6 +195,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Package { action, mount } => calls::package(action, mount.as_deref()),
         Cmd::Topic { action, mount } => notify::topic(action, mount.as_deref()),
         Cmd::Notification { action, mount } => notify::notification(action, mount.as_deref()),
+    }
+}
+
+/// A store argument: a URL as given, a directory made absolute.
+fn store_arg(p: &Path) -> Result<PathBuf> {
+    match p.to_string_lossy().contains("://") {
+        true => Ok(p.to_owned()),
+        false => absolute(p),
     }
 }
 
@@ -212,7 +248,8 @@ fn is_mount_point(mp: &Path) -> Result<bool> {
 fn mount_foreground(config: &MountConfig) -> Result<()> {
     // SAFETY: getuid/getgid cannot fail.
     let owner = unsafe { (libc::getuid(), libc::getgid()) };
-    let core = Arc::new(Core::open(&config.store, owner)?);
+    let store = Store::open_at(&config.location()?, &config.access)?;
+    let core = Arc::new(Core::with_store(store, owner)?);
     core.set_lua_limits(config.lua_limits);
     crate::mount::serve(core, config)
 }
@@ -226,11 +263,7 @@ fn mount_background(
     config_file: Option<&Path>,
 ) -> Result<()> {
     let store = &config.store;
-    if !store.exists() {
-        fs::create_dir_all(store)
-            .map_err(|e| Error::io(format!("creating store {}", store.display()), e))?;
-    }
-    let log_path = store.join(LOG_FILE);
+    let log_path = log_path(&config.location()?)?;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -293,6 +326,45 @@ fn mount_background(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Where a background mount logs: in the store's directory, or for a shared filesystem in
+/// `/var/log/lunafs/NAME.log` (`$LUNAFS_LOG_DIR` overrides the directory).
+fn log_path(loc: &Location) -> Result<PathBuf> {
+    let (dir, file) = match loc {
+        Location::Embedded(store) => (store.clone(), LOG_FILE.to_owned()),
+        Location::Etcd { name, .. } => {
+            let dir =
+                std::env::var_os("LUNAFS_LOG_DIR").map_or("/var/log/lunafs".into(), PathBuf::from);
+            (dir, format!("{name}.log"))
+        }
+    };
+    if !dir.exists() {
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    Ok(dir.join(file))
+}
+
+/// `lunafs format`: a new shared filesystem, its root owned by the caller.
+fn format(location: &str, data: &str, options: &[String]) -> Result<i32> {
+    let loc = Location::parse(location)?;
+    let access = access_of(options)?;
+    let store = Store::format(&loc, data, &access)?;
+    // SAFETY: getuid/getgid cannot fail.
+    let owner = unsafe { (libc::getuid(), libc::getgid()) };
+    drop(Core::with_store(store, owner)?);
+    println!("formatted {} (data in {data})", loc.describe());
+    Ok(0)
+}
+
+/// Credentials given as `-o` options (the config file's and environment's first).
+fn access_of(options: &[String]) -> Result<Access> {
+    let mut all = Layered::load(None)?.options;
+    all.extend(options.iter().cloned());
+    let mut config = MountConfig::new(PathBuf::new(), PathBuf::new());
+    config.apply_options(&all)?;
+    Ok(config.access)
 }
 
 /// The store behind a lunafs mount, from /proc/self/mountinfo.
@@ -380,7 +452,17 @@ fn status(mp: &Path) -> Result<()> {
     match rx.recv_timeout(Duration::from_secs(10)) {
         Ok(Ok(stats)) => {
             println!("mounted: {} (store {})", mp.display(), store.display());
-            println!("health: answering");
+            let backend = serde_json::from_str::<serde_json::Value>(&stats)
+                .ok()
+                .map(|v| {
+                    let answers = v["backend_answers"].as_bool() == Some(true);
+                    (v["backend"].as_str().unwrap_or("?").to_owned(), answers)
+                });
+            match backend {
+                Some((b, true)) => println!("health: answering; backend {b} answering"),
+                Some((b, false)) => println!("health: answering; backend {b} NOT answering"),
+                None => println!("health: answering"),
+            }
             print!("{stats}");
             Ok(())
         }
@@ -392,15 +474,27 @@ fn status(mp: &Path) -> Result<()> {
     }
 }
 
-fn fsck(store_path: &Path, repair: bool) -> Result<i32> {
-    if !store_path.join("CURRENT").exists() {
+/// How old an unreferenced data object must be before `fsck --repair` deletes it.
+const GARBAGE_GRACE: Duration = Duration::from_secs(3600);
+
+fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
+    let loc = Location::parse(&store_path.to_string_lossy())?;
+    if matches!(loc, Location::Embedded(_)) && !store_path.join("CURRENT").exists() {
         return Err(Error::NotAStore {
             path: store_path.to_owned(),
             why: "no RocksDB database there".into(),
         });
     }
-    let store = crate::store::Store::open(store_path)?;
+    let store = Store::open_at(&loc, &access_of(options)?)?;
     let report = crate::core::fsck::fsck(&store, repair)?;
+    if repair {
+        // Data objects nothing references (slice stores only), old enough that no
+        // operation in flight can still be about to reference them.
+        let removed = store.collect_garbage(GARBAGE_GRACE)?;
+        if removed > 0 {
+            println!("removed {removed} unreferenced data object(s)");
+        }
+    }
     for f in &report.findings {
         let tag = match (f.repairable, report.repaired) {
             (true, true) => "repaired",

@@ -24,7 +24,8 @@ pub struct MountConfig {
     /// Kernel attribute and entry cache lifetime.
     pub attr_timeout: Duration,
     /// Let the kernel gather writes in its page cache (see fs::init).
-    pub writeback_cache: bool,
+    /// None: on for the embedded store, off for a shared one (see `writeback`).
+    pub writeback_cache: Option<bool>,
     /// FUSE worker threads.
     pub threads: usize,
     /// Threads that run handler calls (apart from the FUSE workers).
@@ -35,6 +36,8 @@ pub struct MountConfig {
     pub lua_limits: crate::lua::Limits,
     /// How often the background script runs.
     pub background_interval: Duration,
+    /// Credentials and limits for a shared store's etcd and Ceph.
+    pub access: crate::store::location::Access,
 }
 
 impl MountConfig {
@@ -46,13 +49,31 @@ impl MountConfig {
             allow_root: false,
             read_only: false,
             attr_timeout: Duration::from_secs(1),
-            writeback_cache: true,
+            writeback_cache: None,
             threads: 4,
             call_threads: 4,
             flags: Vec::new(),
             lua_limits: crate::lua::Limits::default(),
             background_interval: Duration::from_secs(10),
+            access: Default::default(),
         }
+    }
+
+    /// Whether the kernel gathers writes in its page cache. It then trusts its own idea of
+    /// a file's size and mtime over ours for as long as it caches the inode, so a file that
+    /// another mount grew would look cut short: off by default on a shared store.
+    pub fn writeback(&self) -> bool {
+        self.writeback_cache.unwrap_or_else(|| {
+            matches!(
+                self.location(),
+                Ok(crate::store::location::Location::Embedded(_))
+            )
+        })
+    }
+
+    /// Where the store is: a directory, or a shared filesystem's `etcd://` URL.
+    pub fn location(&self) -> Result<crate::store::location::Location> {
+        crate::store::location::Location::parse(&self.store.to_string_lossy())
     }
 
     /// Applies comma-separated `-o` option lists, in order (a later option wins).
@@ -76,8 +97,8 @@ impl MountConfig {
             ("allow_root", None) => self.allow_root = true,
             ("ro", None) => self.read_only = true,
             ("rw", None) => self.read_only = false,
-            ("writeback_cache", None) => self.writeback_cache = true,
-            ("no_writeback_cache", None) => self.writeback_cache = false,
+            ("writeback_cache", None) => self.writeback_cache = Some(true),
+            ("no_writeback_cache", None) => self.writeback_cache = Some(false),
             ("attr_timeout", Some(v)) => {
                 let secs: f64 = v.parse().map_err(|_| bad("expected seconds"))?;
                 if !(0.0..=3600.0).contains(&secs) {
@@ -117,6 +138,20 @@ impl MountConfig {
                 }
                 self.background_interval = Duration::from_secs_f64(secs);
             }
+            ("backend_timeout", Some(v)) => {
+                let secs: f64 = v.parse().map_err(|_| bad("expected seconds"))?;
+                if !(0.1..=3600.0).contains(&secs) {
+                    return Err(bad("must be between 0.1 and 3600 seconds"));
+                }
+                self.access.timeout = Duration::from_secs_f64(secs);
+            }
+            ("etcd_user", Some(v)) => self.access.etcd_user = Some(v.to_owned()),
+            ("etcd_password_file", Some(v)) => self.access.etcd_password_file = Some(v.into()),
+            ("etcd_ca", Some(v)) => self.access.etcd_ca = Some(v.into()),
+            ("etcd_cert", Some(v)) => self.access.etcd_cert = Some(v.into()),
+            ("etcd_key", Some(v)) => self.access.etcd_key = Some(v.into()),
+            ("ceph_client", Some(v)) => self.access.ceph_client = Some(v.to_owned()),
+            ("ceph_keyring", Some(v)) => self.access.ceph_keyring = Some(v.into()),
             // Always on: permission checks are the kernel's, from the mode bits we store.
             ("default_permissions", None) => {}
             // For mount(8) and systemd, not for us.
@@ -343,7 +378,7 @@ mod tests {
         assert_eq!(l.log_level.as_deref(), Some("debug"));
         let mut c = MountConfig::new("/s".into(), "/m".into());
         c.apply_options(&l.options).unwrap();
-        assert!(c.allow_other && c.read_only && !c.writeback_cache);
+        assert!(c.allow_other && c.read_only && !c.writeback());
         assert_eq!(
             (c.threads, c.attr_timeout),
             (8, Duration::from_millis(2500))

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod ceph;
 pub mod class;
+pub mod coherence;
 mod counter;
 pub mod dir;
 pub mod events;
@@ -93,6 +94,14 @@ pub struct Core {
     global: global::Global,
 }
 
+/// Operations of this process that ran again because another mount changed what they read.
+static CONFLICTS_RETRIED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many operations ran again after a conflict, in this process so far.
+pub fn conflicts_retried() -> u64 {
+    CONFLICTS_RETRIED.load(Ordering::Relaxed)
+}
+
 impl Core {
     /// Opens (or creates) the store at `path`. A new store's root belongs to `owner`.
     pub fn open(path: &Path, owner: (u32, u32)) -> Result<Core> {
@@ -127,8 +136,8 @@ impl Core {
             });
             batch.commit()?;
         }
-        // Files unlinked while open when lunafs last stopped: nobody can open them again.
-        let orphans = store.orphans()?;
+        // Files unlinked while open by a mount that has stopped: nobody can open them again.
+        let orphans = store.dead_orphans()?;
         if !orphans.is_empty() {
             let mut batch = store.batch();
             for &ino in &orphans {
@@ -174,6 +183,12 @@ impl Core {
         self.store.path()
     }
 
+    /// The store's engines and whether they answer (for status).
+    pub fn backend(&self) -> (String, bool, std::time::Duration) {
+        let (ok, took) = self.store.health();
+        (self.store.backend(), ok, took)
+    }
+
     /// The store's size on disk, roughly.
     pub fn store_bytes(&self) -> u64 {
         self.store.approximate_size()
@@ -205,7 +220,10 @@ impl Core {
     fn transact<T>(&self, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         for attempt in 0..ATTEMPTS {
             match op() {
-                Err(Error::Conflict) => std::thread::sleep(backoff(attempt)),
+                Err(Error::Conflict) => {
+                    CONFLICTS_RETRIED.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff(attempt))
+                }
                 done => return done,
             }
         }
@@ -278,15 +296,12 @@ impl Core {
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let st = nix::sys::statvfs::statvfs(self.store.path())
-            .map_err(|e| Error::io("statfs of the store", e.into()))?;
-        let frsize = st.fragment_size().max(1);
-        let to_4k = |blocks: u64| blocks * frsize / 4096;
+        let c = self.store.capacity()?;
         let used_inodes = self.inos.peek();
         Ok(StatFs {
-            blocks: to_4k(st.blocks()),
-            bfree: to_4k(st.blocks_free()),
-            bavail: to_4k(st.blocks_available()),
+            blocks: c.total / 4096,
+            bfree: c.free / 4096,
+            bavail: c.available / 4096,
             files: used_inodes + (1 << 32),
             ffree: 1 << 32,
             bsize: 4096,

@@ -61,6 +61,9 @@ pub enum Error {
     Conflict,
     #[error("{0}")]
     Contended(String),
+    /// A shared engine (etcd, RADOS) failed or did not answer in time; the message names it.
+    #[error("{0}")]
+    Backend(String),
     #[error("store {0} is in use by another lunafs process (is it mounted elsewhere?)")]
     StoreLocked(PathBuf),
     #[error("{path} is not a lunafs store: {why}")]
@@ -120,9 +123,11 @@ impl Error {
             Error::BadHandle(_) => libc::EBADF,
             Error::TooManyLinks(_) => libc::EMLINK,
             // Storage failures are I/O errors to the caller; the message goes to the log.
-            Error::Store(_) | Error::Corrupt(_) | Error::Conflict | Error::Contended(_) => {
-                libc::EIO
-            }
+            Error::Store(_)
+            | Error::Corrupt(_)
+            | Error::Conflict
+            | Error::Contended(_)
+            | Error::Backend(_) => libc::EIO,
             Error::StoreLocked(_) => libc::EBUSY,
             Error::NotAStore { .. } => libc::EINVAL,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

@@ -15,6 +15,7 @@ pub mod handles;
 pub mod invoke;
 pub mod pool;
 pub mod scripts;
+pub mod stamps;
 pub mod stats;
 
 use std::ffi::OsStr;
@@ -49,9 +50,10 @@ pub struct LunaFs {
     core: Arc<Core>,
     handles: Handles,
     control: Control,
-    /// How long the kernel may cache attributes and entries. Every change reaches the store
-    /// through this one mount, so the kernel's copy can only go stale through our own
-    /// replies, which it updates itself.
+    /// How long the kernel may cache attributes and entries. On the embedded store every
+    /// change comes through this one mount; on a shared one, changes of other mounts are
+    /// invalidated as the store's watch reports them (`core::coherence`), and at worst seen
+    /// after this long.
     ttl: Duration,
     writeback: bool,
     stats: Arc<Stats>,
@@ -64,6 +66,8 @@ pub struct LunaFs {
     pool: pool::CallPool,
     /// The notification dispatcher's counters (for stats), once it runs.
     pub delivery: Option<Arc<crate::notify::Counters>>,
+    /// Which files' cached pages are still good at their next open.
+    stamps: stamps::Stamps,
 }
 
 impl LunaFs {
@@ -136,9 +140,17 @@ impl LunaFs {
     /// The contents of `/.lunafs/stats`.
     fn stats_json(&self) -> Vec<u8> {
         let core = &self.core;
+        let (backend, answers, took) = core.backend();
         self.stats
             .to_json(&[
                 ("store", json_str(&core.store_path().display().to_string())),
+                ("backend", json_str(&backend)),
+                ("backend_answers", answers.to_string()),
+                (
+                    "backend_read_ms",
+                    format!("{:.3}", took.as_secs_f64() * 1e3),
+                ),
+                ("leader", core.leads().to_string()),
                 ("mountpoint", json_str(&self.mountpoint)),
                 ("store_bytes", core.store_bytes().to_string()),
                 ("open_files", core.open_file_count().to_string()),
@@ -164,7 +176,7 @@ impl LunaFs {
             core: core.clone(),
             stats: stats.clone(),
             notifier: notifier.clone(),
-            writeback: config.writeback_cache.into(),
+            writeback: config.writeback().into(),
             mountpoint: mountpoint.clone(),
         });
         let pool = pool::CallPool::new(config.call_threads)
@@ -174,13 +186,14 @@ impl LunaFs {
             handles: Handles::new(),
             control: Control::new(uid, gid),
             ttl: config.attr_timeout,
-            writeback: config.writeback_cache,
+            writeback: config.writeback(),
             stats,
             mountpoint,
             notifier,
             invoker,
             pool,
             delivery: None,
+            stamps: Default::default(),
         })
     }
 
@@ -547,14 +560,17 @@ impl fuser::Filesystem for LunaFs {
                 self.core
                     .begin_write(ino.0, req.uid(), flags.0 & libc::O_TRUNC != 0)?;
             }
-            // keep_cache: the page cache stays valid across opens, since no one else changes
-            // the store behind this mount.
+            // keep_cache only while the file is as this mount last saw it (close-to-open).
+            let keep = match self.stamps.still_fresh(&inode) {
+                true => FopenFlags::FOPEN_KEEP_CACHE,
+                false => FopenFlags::empty(),
+            };
             Ok((
                 self.handles.insert(Handle::File {
                     ino: ino.0,
                     writing,
                 }),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                keep,
             ))
         })();
         match r {
@@ -671,6 +687,11 @@ impl fuser::Filesystem for LunaFs {
                     true => self.core.end_write(*ino),
                     false => Ok(()),
                 };
+                if *writing {
+                    if let Ok(inode) = self.core.getattr(*ino) {
+                        self.stamps.remember(&inode);
+                    }
+                }
                 self.core.close_file(*ino).and(put)
             }
             // Normally stored at flush already; this catches a close without flush.
@@ -945,13 +966,16 @@ impl fuser::Filesystem for LunaFs {
             Ok((inode, fh))
         })();
         match r {
-            Ok((inode, fh)) => reply.created(
-                &self.ttl,
-                &file_attr(&inode),
-                GENERATION,
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((inode, fh)) => {
+                self.stamps.remember(&inode);
+                reply.created(
+                    &self.ttl,
+                    &file_attr(&inode),
+                    GENERATION,
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(self.fail(Op::Create, &e)),
         }
     }

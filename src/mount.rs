@@ -34,6 +34,7 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let mut session = fuser::Session::new(fs, &config.mountpoint, &config.fuser_config())
         .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
     let _ = notifier.set(session.notifier());
+    core.follow_other_mounts(invalidate_in_kernel(notifier))?;
     on_signals(session.unmount_callable(), config.mountpoint.clone())?;
     announce_when_ready(
         config.mountpoint.clone(),
@@ -55,6 +56,29 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     core.shutdown()?;
     tracing::info!("unmounted");
     Ok(())
+}
+
+/// What other mounts changed, dropped from this mount's kernel caches. ENOENT (the kernel
+/// holds nothing of it) is the common answer and not news.
+fn invalidate_in_kernel(
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+) -> Arc<crate::core::coherence::Kernel> {
+    use crate::core::coherence::Seen;
+    use std::os::unix::ffi::OsStrExt;
+    Arc::new(move |seen| {
+        let Some(n) = notifier.get() else { return };
+        let r = match seen {
+            Seen::Inode(ino) => n.inval_inode(fuser::INodeNo(ino), 0, 0),
+            Seen::Entry(parent, name) => {
+                n.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name))
+            }
+        };
+        if let Err(e) = r.map_err(|e| e.raw_os_error()) {
+            if e != Some(libc::ENOENT) {
+                debug!(?seen, error = ?e, "kernel invalidation failed");
+            }
+        }
+    })
 }
 
 /// SIGTERM, SIGINT, SIGHUP: unmount (or detach a busy mount), and abandon handler calls.

@@ -16,9 +16,12 @@
 pub mod batch;
 pub mod codec;
 pub mod data;
+pub mod etcd;
 pub mod keys;
+pub mod location;
 pub mod memory;
 pub mod meta;
+pub mod rados;
 pub mod rocks;
 pub mod schema;
 
@@ -37,6 +40,16 @@ use crate::error::{Error, Result};
 /// (package, version, module) of an installed Lua module.
 pub type PackageKey = (String, String, String);
 
+/// 16 hex digits from the kernel's random source.
+fn session_id() -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| Error::io("reading /dev/urandom", e))?;
+    Ok(crate::digest::hex(&buf).into_bytes())
+}
+
 /// The daemon's log when mounted in the background; the only file a fresh store directory
 /// may already hold.
 pub const LOG_FILE: &str = "lunafs.log";
@@ -45,6 +58,8 @@ pub struct Store {
     meta: Box<dyn Meta>,
     data: Box<dyn Data>,
     path: PathBuf,
+    /// This opening of the store: a random id, the owner of the orphans it records.
+    session: Vec<u8>,
 }
 
 impl Store {
@@ -54,13 +69,11 @@ impl Store {
     /// root inode (`Batch::put_schema`), so a crash during creation leaves a store that opens
     /// as new.
     pub fn open(path: &Path) -> Result<Store> {
-        let store = Store {
-            meta: Box::new(rocks::Rocks::open(path)?),
-            data: Box::new(data::inline::Inline),
-            path: path.to_owned(),
-        };
-        store.check_schema()?;
-        Ok(store)
+        Store::with_engines(
+            Box::new(rocks::Rocks::open(path)?),
+            Box::new(data::inline::Inline),
+            path,
+        )
     }
 
     /// A store on the given engines; `path` names it in messages (and is where `statfs`
@@ -70,8 +83,10 @@ impl Store {
             meta,
             data,
             path: path.to_owned(),
+            session: session_id()?,
         };
         store.check_schema()?;
+        store.meta.register_session(&store.session)?;
         Ok(store)
     }
 
@@ -392,12 +407,38 @@ impl Store {
 
     /// Inodes unlinked while open when the store was last used.
     pub fn orphans(&self) -> Result<Vec<Ino>> {
+        Ok(self
+            .orphans_of_sessions()?
+            .into_iter()
+            .map(|(ino, _)| ino)
+            .collect())
+    }
+
+    /// Orphans whose session ended (its process stopped or died): nobody has them open.
+    pub fn dead_orphans(&self) -> Result<Vec<Ino>> {
         let mut out = Vec::new();
-        self.scan(Cf::Orphans, &mut |k, _| {
-            out.push(keys::decode_inode(k).ok_or_else(|| Error::Corrupt("orphan key".into()))?);
+        for (ino, session) in self.orphans_of_sessions()? {
+            if session != self.session && !self.meta.session_alive(&session)? {
+                out.push(ino);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each orphan and the session that recorded it (empty: a store from before sessions).
+    fn orphans_of_sessions(&self) -> Result<Vec<(Ino, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.scan(Cf::Orphans, &mut |k, v| {
+            let ino = keys::decode_inode(k).ok_or_else(|| Error::Corrupt("orphan key".into()))?;
+            out.push((ino, v.to_vec()));
             Ok(true)
         })?;
         Ok(out)
+    }
+
+    /// This opening's session id.
+    pub(crate) fn session(&self) -> &[u8] {
+        &self.session
     }
 
     /// The highest inode number in use (0 for an empty store).
@@ -461,6 +502,51 @@ impl Store {
     /// Approximate bytes of live data in the store.
     pub fn approximate_size(&self) -> u64 {
         self.meta.approximate_size()
+    }
+
+    /// The engines: metadata, then data (`rocksdb + inline`, `etcd://... + rados://...`).
+    pub fn backend(&self) -> String {
+        format!("{} + {}", self.meta.describe(), self.data.describe())
+    }
+
+    /// Whether the metadata engine answers now, and how long one read took.
+    pub fn health(&self) -> (bool, std::time::Duration) {
+        let start = std::time::Instant::now();
+        let ok = self.meta.get(Cf::Meta, keys::META_SCHEMA).is_ok();
+        (ok, start.elapsed())
+    }
+
+    /// Deletes stored data nothing references and older than `grace` (`Data::collect`).
+    pub fn collect_garbage(&self, grace: std::time::Duration) -> Result<usize> {
+        self.data.collect(&*self.meta, grace)
+    }
+
+    /// Whether this process delivers events and runs background work (`Meta::leads`).
+    pub fn leads(&self) -> bool {
+        self.meta.leads()
+    }
+
+    /// Tells `changed` of every key other processes change from now on (`Meta::watch`).
+    pub fn watch(&self, changed: std::sync::Arc<meta::Changed>) -> Result<()> {
+        self.meta.watch(changed)
+    }
+
+    /// Total, free and available bytes where the data lives: the data engine's cluster, or
+    /// for inline data the filesystem holding the store's directory.
+    pub fn capacity(&self) -> Result<data::Capacity> {
+        match self.data.capacity() {
+            Some(c) => c,
+            None => {
+                let st = nix::sys::statvfs::statvfs(&self.path)
+                    .map_err(|e| Error::io("statfs of the store", e.into()))?;
+                let frsize = st.fragment_size().max(1);
+                Ok(data::Capacity {
+                    total: st.blocks() * frsize,
+                    free: st.blocks_free() * frsize,
+                    available: st.blocks_available() * frsize,
+                })
+            }
+        }
     }
 
     /// Writes raw bytes, for tests that inject damage no `Batch` method can produce.

@@ -1,7 +1,10 @@
-//! Several mounts of one shared store, without a kernel or etcd: `Core`s on one in-memory
-//! engine with a shared engine's semantics (`store::memory`: revisions, checked commits).
-//! Racing operations from two of them stay atomic: one of two creates of a name wins, two
-//! streams of increments all count, and the store checks clean afterwards.
+//! Several mounts of one shared store, without a kernel: two `Core`s on one store, each test
+//! run on two engines: the in-memory one with a shared engine's semantics (`store::memory`:
+//! revisions, checked commits) and the real shared backend (etcd + Ceph RADOS, from
+//! `common::cluster`). Racing operations from two of them stay atomic: one of two creates of
+//! a name wins, two streams of increments all count, and the store checks clean afterwards.
+
+mod common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,23 +27,67 @@ fn n(s: &str) -> Name {
     Name::new(s.as_bytes()).unwrap()
 }
 
-fn store(mem: &Memory) -> Store {
-    Store::with_engines(
-        Box::new(mem.clone()),
-        Box::new(Inline),
-        Path::new("/memory"),
-    )
-    .unwrap()
+/// One filesystem, on one of the engines.
+#[derive(Clone)]
+enum Fs {
+    Memory(Memory),
+    Shared(String),
+}
+
+impl Fs {
+    fn new(shared: bool) -> Fs {
+        match shared {
+            false => Fs::Memory(Memory::default()),
+            true => Fs::Shared(common::cluster::cluster().format("core-shared")),
+        }
+    }
+
+    /// The store as one more mount opens it.
+    fn store(&self) -> Store {
+        match self {
+            Fs::Memory(mem) => Store::with_engines(
+                Box::new(mem.clone()),
+                Box::new(Inline),
+                Path::new("/memory"),
+            )
+            .unwrap(),
+            Fs::Shared(url) => common::cluster::cluster().open(url),
+        }
+    }
 }
 
 /// Two mounts of one new filesystem with a bucket `b`; returns them and the bucket.
-fn two_mounts() -> (Memory, Arc<Core>, Arc<Core>, u64) {
-    let mem = Memory::default();
-    let a = Arc::new(Core::with_store(store(&mem), (0, 0)).unwrap());
-    let b = Arc::new(Core::with_store(store(&mem), (0, 0)).unwrap());
+fn two_mounts(shared: bool) -> (Fs, Arc<Core>, Arc<Core>, u64) {
+    let fs = Fs::new(shared);
+    let a = Arc::new(Core::with_store(fs.store(), (0, 0)).unwrap());
+    let b = Arc::new(Core::with_store(fs.store(), (0, 0)).unwrap());
     let bucket = a.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap().ino;
-    (mem, a, b, bucket)
+    (fs, a, b, bucket)
 }
+
+/// Each test body, once per engine: `NAME::memory` and `NAME::shared`.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn memory() {
+                super::$name(false)
+            }
+            #[test]
+            fn shared() {
+                super::$name(true)
+            }
+        }
+    )*};
+}
+
+on_both_engines!(
+    of_two_creates_of_one_name_exactly_one_wins,
+    inode_numbers_from_two_mounts_never_collide,
+    handler_increments_and_rgw_increments_from_two_mounts_all_count,
+    of_two_renames_of_one_name_one_wins_and_the_tree_stays_sound,
+    data_written_on_one_mount_reads_back_on_the_other,
+);
 
 /// Runs `f(core, i)` for i in 0..n on both mounts at once; returns each mount's results.
 fn race<T: Send + 'static>(
@@ -54,14 +101,13 @@ fn race<T: Send + 'static>(
     (ta.join().unwrap(), tb.join().unwrap())
 }
 
-fn assert_clean(mem: &Memory) {
-    let report = fsck(&store(mem), false).unwrap();
+fn assert_clean(fs: &Fs) {
+    let report = fsck(&fs.store(), false).unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
 }
 
-#[test]
-fn of_two_creates_of_one_name_exactly_one_wins() {
-    let (mem, a, b, bucket) = two_mounts();
+fn of_two_creates_of_one_name_exactly_one_wins(shared: bool) {
+    let (fs, a, b, bucket) = two_mounts(shared);
     let bucket_ino = bucket;
     let (ra, rb) = race(&a, &b, 300, |c, i| {
         let b = c.lookup(ROOT, &n("b")).unwrap().ino;
@@ -74,12 +120,11 @@ fn of_two_creates_of_one_name_exactly_one_wins() {
         }
     }
     assert_eq!(a.readdir(bucket_ino).unwrap().len(), 300);
-    assert_clean(&mem);
+    assert_clean(&fs);
 }
 
-#[test]
-fn inode_numbers_from_two_mounts_never_collide() {
-    let (mem, a, b, bucket) = two_mounts();
+fn inode_numbers_from_two_mounts_never_collide(shared: bool) {
+    let (fs, a, b, bucket) = two_mounts(shared);
     let (ra, rb) = race(&a, &b, 400, |c, i| {
         let b = c.lookup(ROOT, &n("b")).unwrap().ino;
         let name = format!("{:p}-{i}", c as *const Core);
@@ -90,7 +135,7 @@ fn inode_numbers_from_two_mounts_never_collide() {
     all.dedup();
     assert_eq!(all.len(), 800);
     assert_eq!(b.readdir(bucket).unwrap().len(), 800);
-    assert_clean(&mem);
+    assert_clean(&fs);
 }
 
 const BUMP: &str = r#"
@@ -121,11 +166,10 @@ fn bump(c: &Core, ino: u64) {
     assert_eq!(reply.outcome.result, 0, "{:?}", reply.outcome.message);
 }
 
-#[test]
-fn handler_increments_and_rgw_increments_from_two_mounts_all_count() {
-    let (mem, a, b, bucket) = two_mounts();
+fn handler_increments_and_rgw_increments_from_two_mounts_all_count(shared: bool) {
+    let (fs, a, b, bucket) = two_mounts(shared);
     let f = a.create(CTX, bucket, &n("counter"), 0o644).unwrap().ino;
-    let before = mem.counts().1;
+    let before = conflicts(&fs);
     let (ra, rb) = race(&a, &b, 500, |c, _| {
         let f = c.lookup(c.lookup(ROOT, &n("b")).unwrap().ino, &n("counter"));
         bump(c, f.unwrap().ino);
@@ -139,15 +183,14 @@ fn handler_increments_and_rgw_increments_from_two_mounts_all_count() {
     );
     // The mounts did get in each other's way, and their operations ran again.
     assert!(
-        mem.counts().1 > before,
+        conflicts(&fs) > before,
         "no conflict: the race never happened"
     );
-    assert_clean(&mem);
+    assert_clean(&fs);
 }
 
-#[test]
-fn of_two_renames_of_one_name_one_wins_and_the_tree_stays_sound() {
-    let (mem, a, b, bucket) = two_mounts();
+fn of_two_renames_of_one_name_one_wins_and_the_tree_stays_sound(shared: bool) {
+    let (fs, a, b, bucket) = two_mounts(shared);
     for i in 0..200 {
         a.create(CTX, bucket, &n(&format!("x{i}")), 0o644).unwrap();
     }
@@ -163,12 +206,64 @@ fn of_two_renames_of_one_name_one_wins_and_the_tree_stays_sound() {
         }
     }
     assert_eq!(a.readdir(bucket).unwrap().len(), 200);
-    assert_clean(&mem);
+    assert_clean(&fs);
+}
+
+/// Commits refused so far (the memory engine counts them; on etcd, the operations that ran
+/// again show in the retry counter every store keeps).
+fn conflicts(fs: &Fs) -> u64 {
+    match fs {
+        Fs::Memory(mem) => mem.counts().1,
+        Fs::Shared(_) => lunafs::core::conflicts_retried(),
+    }
+}
+
+fn data_written_on_one_mount_reads_back_on_the_other(shared: bool) {
+    let (fs, a, b, bucket) = two_mounts(shared);
+    let f = a.create(CTX, bucket, &n("data"), 0o644).unwrap().ino;
+    // Past several chunks of either engine, then overwrites inside, a hole and a cut.
+    let big: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    a.write(f, 0, &big).unwrap();
+    b.write(f, 4_000_000, b"middle").unwrap();
+    a.write(f, 12_000_000, b"after a hole").unwrap();
+    b.setattr(
+        f,
+        &lunafs::core::object::SetAttr {
+            size: Some(12_000_004),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut want = big.clone();
+    want[4_000_000..4_000_006].copy_from_slice(b"middle");
+    want.resize(12_000_000, 0);
+    want.extend_from_slice(b"afte");
+    for c in [&a, &b] {
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let part = c.read(f, got.len() as u64, 1 << 20).unwrap();
+            assert!(!part.is_empty(), "short read at {}", got.len());
+            got.extend_from_slice(&part);
+        }
+        assert!(got == want, "content differs");
+    }
+    // Many small writes into one chunk: its slice list is compacted, the bytes stay.
+    for i in 0..40u64 {
+        a.write(f, i * 1000, format!("w{i:03}").as_bytes()).unwrap();
+    }
+    let head = b.read(f, 0, 40_000).unwrap();
+    for i in 0..40usize {
+        assert_eq!(&head[i * 1000..i * 1000 + 4], format!("w{i:03}").as_bytes());
+        assert_eq!(head[i * 1000 + 4], want[i * 1000 + 4]);
+    }
+    a.unlink(0, bucket, &n("data")).unwrap();
+    assert_clean(&fs);
 }
 
 #[test]
 fn an_operation_that_keeps_conflicting_fails_with_eio_and_writes_nothing() {
-    let (mem, a, _b, bucket) = two_mounts();
+    let (fs, a, _b, bucket) = two_mounts(false);
+    let Fs::Memory(mem) = &fs else { unreachable!() };
     mem.refuse_commits(3);
     a.create(CTX, bucket, &n("retried"), 0o644).unwrap();
     mem.refuse_commits(1000);
@@ -177,5 +272,42 @@ fn an_operation_that_keeps_conflicting_fails_with_eio_and_writes_nothing() {
     mem.refuse_commits(0);
     assert!(a.lookup(bucket, &n("refused")).is_err());
     assert!(a.lookup(bucket, &n("retried")).is_ok());
-    assert_clean(&mem);
+    assert_clean(&fs);
+}
+
+#[test]
+fn the_collector_removes_only_objects_no_file_references() {
+    let fs = Fs::new(true);
+    let a = Core::with_store(fs.store(), (0, 0)).unwrap();
+    let bucket = a.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap().ino;
+    let f = a.create(CTX, bucket, &n("f"), 0o644).unwrap().ino;
+    let first: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
+    a.write(f, 0, &first).unwrap();
+    // Replaces all of chunk 0's bytes: its first object is referenced no more.
+    let second = vec![7u8; 4 << 20];
+    a.write(f, 0, &second).unwrap();
+    let store = fs.store();
+    {
+        // A change whose commit never comes (the mount died after storing its objects).
+        let mut batch = store.batch();
+        let mut edits = lunafs::store::data::Edits::new(first.len() as u64);
+        edits.write(100, b"never committed").unwrap();
+        batch.apply(f, &edits).unwrap();
+    }
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        store.collect_garbage(hour).unwrap(),
+        0,
+        "young objects are left alone"
+    );
+    assert_eq!(store.collect_garbage(std::time::Duration::ZERO).unwrap(), 2);
+    assert_eq!(store.collect_garbage(std::time::Duration::ZERO).unwrap(), 0);
+    let mut want = second;
+    want.extend_from_slice(&first[4 << 20..]);
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        got.extend(a.read(f, got.len() as u64, 1 << 20).unwrap());
+    }
+    assert!(got == want, "the file's bytes survived the collection");
+    assert_clean(&fs);
 }

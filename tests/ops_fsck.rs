@@ -83,7 +83,7 @@ fn fsck_finds_injected_damage_and_repairs_the_safe_kinds() {
         "points to missing inode 999999",
         "records kind Dir",
         &format!("inode {f}: nlink 5 should be 1"),
-        &format!("inode {f}: chunk 50 lies past the size"),
+        &format!("inode {f}: data at {} lies past the size", 50 * 16 * 1024),
         "attribute k of missing inode 888888",
         &format!("orphan record for inode {d}"),
         "inode 777777 has no entries",

@@ -43,6 +43,12 @@ impl Registry {
     fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// Forgets every cached class and module (another mount changed them).
+    pub(super) fn clear(&self) {
+        self.classes.write().clear();
+        self.modules.write().clear();
+    }
 }
 
 /// Class names and package names: letters, digits, `_` and `-`, as in a file name.

@@ -334,6 +334,18 @@ impl Core {
         self.events.committed_low.swap(u64::MAX, Ordering::AcqRel)
     }
 
+    /// Whether this mount delivers events and runs the background script: on a store shared
+    /// by several mounts, one of them at a time (the store's leader).
+    pub fn leads(&self) -> bool {
+        self.store.leads()
+    }
+
+    /// Another mount queued (or delivered) event `seq`: the dispatcher, if this mount
+    /// leads, looks again from there.
+    pub(super) fn queue_changed_elsewhere(&self, seq: u64) {
+        self.events.wake(seq);
+    }
+
     /// Called after every commit that queued events.
     pub fn set_event_waker(&self, waker: Arc<dyn Fn() + Send + Sync>) {
         *self.events.waker.write() = Some(waker);
@@ -424,6 +436,14 @@ impl Core {
             .collect();
         *self.events.watched.write() = watched;
         Ok(())
+    }
+
+    /// Another mount changed the settings: load them again.
+    pub(super) fn reload_notifications(&self) {
+        let _one = self.events.changing.lock();
+        if let Err(e) = self.reload_settings() {
+            tracing::error!(error = %e, "reloading notification settings changed by another mount");
+        }
     }
 
     /// A bucket was added, removed or renamed: which buckets are watched may have changed.

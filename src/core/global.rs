@@ -22,6 +22,11 @@ pub const MAX_ENTRIES: usize = 100_000;
 pub struct Global(Mutex<Option<usize>>);
 
 impl Core {
+    /// Another mount changed the table: its entry count is counted again when needed.
+    pub(super) fn global_forget_count(&self) {
+        *self.global.0.lock() = None;
+    }
+
     pub fn global_get(&self, key: &str) -> Result<Option<GlobalValue>> {
         self.store.global_get(key)
     }

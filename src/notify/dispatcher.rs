@@ -114,6 +114,8 @@ pub(super) struct Worker {
     rescan: bool,
     /// When each topic's failures were last logged at warn, and how many since.
     warned: HashMap<String, (Instant, u64)>,
+    /// This mount delivered in the last round (see `leading`).
+    was_leader: bool,
 }
 
 impl Worker {
@@ -145,6 +147,7 @@ impl Worker {
             new_turn: false,
             rescan: false,
             warned: HashMap::new(),
+            was_leader: false,
         }
     }
 
@@ -156,6 +159,10 @@ impl Worker {
         while !self.signal.stop.load(Ordering::Relaxed) {
             // A bug met by one round (one topic's odd state) must not end delivery for
             // every topic: the round is logged and the next one starts from the queue.
+            if !self.leading() {
+                self.signal.wait(super::IDLE);
+                continue;
+            }
             let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.round()));
             let busy = match round {
                 Ok(Ok(n)) => n > 0,
@@ -177,6 +184,21 @@ impl Worker {
             }
         }
         tracing::debug!("dispatcher stopped");
+    }
+
+    /// Whether this mount delivers (on a shared store, the leader alone does). A mount that
+    /// takes over sweeps the whole queue: the last leader may have left anything in it.
+    fn leading(&mut self) -> bool {
+        let leads = self.core.leads();
+        if leads && !self.was_leader {
+            tracing::info!("this mount now delivers events and runs the background script");
+            self.floor = 0;
+            self.rescan = true;
+        } else if !leads && self.was_leader {
+            tracing::warn!("this mount no longer leads; another mount delivers events");
+        }
+        self.was_leader = leads;
+        leads
     }
 
     /// How long to sleep when nothing wakes the dispatcher.

@@ -135,7 +135,9 @@ impl<'a> Batch<'a> {
 
     /// Records that `ino` has no names left but is still open.
     pub fn put_orphan(&mut self, ino: Ino) {
-        self.w.put(Cf::Orphans, &keys::inode(ino), &[]);
+        // The session that has it open: another mount starting up leaves it alone.
+        self.w
+            .put(Cf::Orphans, &keys::inode(ino), self.store.session());
     }
 
     pub fn delete_orphan(&mut self, ino: Ino) {

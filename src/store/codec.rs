@@ -277,6 +277,51 @@ pub fn decode_blob(v: &[u8]) -> Result<&[u8]> {
     }
 }
 
+/// One piece of a chunk stored in RADOS: bytes `pos..pos + len` of the chunk are bytes
+/// `skip..skip + len` of object `id` (`data/slices.rs` names the object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub pos: u32,
+    pub len: u32,
+    pub skip: u32,
+    pub id: u64,
+}
+
+const SLICE_BYTES: usize = 4 + 4 + 4 + 8;
+
+/// A chunk's slice list: disjoint slices in `pos` order.
+pub fn encode_slices(slices: &[Slice]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + slices.len() * SLICE_BYTES);
+    v.push(V1);
+    for s in slices {
+        v.extend_from_slice(&s.pos.to_be_bytes());
+        v.extend_from_slice(&s.len.to_be_bytes());
+        v.extend_from_slice(&s.skip.to_be_bytes());
+        v.extend_from_slice(&s.id.to_be_bytes());
+    }
+    v
+}
+
+pub fn decode_slices(v: &[u8]) -> Result<Vec<Slice>> {
+    let body = decode_blob(v)?;
+    if body.len() % SLICE_BYTES != 0 {
+        return Err(Error::Corrupt(format!(
+            "slice list of {} bytes",
+            body.len()
+        )));
+    }
+    let u32_at = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    Ok(body
+        .chunks_exact(SLICE_BYTES)
+        .map(|b| Slice {
+            pos: u32_at(b, 0),
+            len: u32_at(b, 4),
+            skip: u32_at(b, 8),
+            id: u64::from_be_bytes(b[12..20].try_into().unwrap_or_default()),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

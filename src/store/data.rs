@@ -12,11 +12,14 @@
 //! (truncate up, a write past the end) never shows old bytes, and holes read as zeros.
 
 pub mod inline;
+pub mod slices;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use super::keys::Ino;
+use super::keys::{self, Ino};
 use super::meta::{Meta, Writes};
+use super::schema::Cf;
 use crate::error::{Error, Result};
 
 /// Largest file size: 1 PiB, far past any test yet well inside the key and offset arithmetic.
@@ -29,14 +32,72 @@ pub trait Data: Send + Sync {
     /// Stages `edits` of `ino` into `w`.
     fn apply(&self, meta: &dyn Meta, w: &mut dyn Writes, ino: Ino, edits: &Edits) -> Result<()>;
 
-    /// Stages the removal of every byte of `ino`.
-    fn purge(&self, meta: &dyn Meta, w: &mut dyn Writes, ino: Ino) -> Result<()>;
+    /// Stages the removal of every byte of `ino`: every engine keeps a file's records under
+    /// its (inode, chunk) keys of the `chunks` family (what they point to, if anything, is
+    /// garbage for `collect`).
+    fn purge(&self, _meta: &dyn Meta, w: &mut dyn Writes, ino: Ino) -> Result<()> {
+        w.delete_range(Cf::Chunks, &keys::chunk(ino, 0), &keys::chunk(ino + 1, 0));
+        Ok(())
+    }
 
     /// fsck: every stored unit of data checked against what its inode is.
     fn check(&self, meta: &dyn Meta, owner: &dyn Fn(Ino) -> Owner) -> Result<Checked>;
 
     /// fsck repair: stages the removal of whatever `ino` stores at or past `size`.
     fn trim(&self, meta: &dyn Meta, w: &mut dyn Writes, ino: Ino, size: u64) -> Result<()>;
+
+    /// Deletes stored data nothing references any more and older than `grace` (an engine
+    /// whose data lives in the metadata batches has none); returns how many units went.
+    fn collect(&self, _meta: &dyn Meta, _grace: Duration) -> Result<usize> {
+        Ok(0)
+    }
+
+    /// The engine, as users name it (`inline`, `rados://POOL`).
+    fn describe(&self) -> String;
+
+    /// The space of the cluster holding the data; None: the store directory's filesystem.
+    fn capacity(&self) -> Option<Result<Capacity>> {
+        None
+    }
+}
+
+/// Bytes of storage (statfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total: u64,
+    pub free: u64,
+    pub available: u64,
+}
+
+/// fsck: what is wrong with data stored at file offsets `start..end` of `ino`, given its
+/// owner; each inode is reported once (`reported`).
+pub fn misplaced(
+    ino: Ino,
+    owner: Owner,
+    start: u64,
+    end: u64,
+    reported: &mut BTreeSet<Ino>,
+) -> Option<DataFinding> {
+    let (problem, fix) = match owner {
+        Owner::Damaged => return None,
+        Owner::Missing => (format!("data of missing inode {ino}"), Fix::Purge),
+        Owner::Other => (
+            format!("data on inode {ino}, which is not a file"),
+            Fix::Trim(0),
+        ),
+        Owner::File { size } if start >= size => (
+            format!("inode {ino}: data at {start} lies past the size {size}"),
+            Fix::Trim(size),
+        ),
+        Owner::File { size } if end > size => (
+            format!("inode {ino}: data up to {end} lies past the size {size}"),
+            Fix::Trim(size),
+        ),
+        Owner::File { .. } => return None,
+    };
+    reported
+        .insert(ino)
+        .then_some(DataFinding { ino, problem, fix })
 }
 
 /// What fsck knows of the inode some stored data belongs to.

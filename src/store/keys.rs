@@ -103,6 +103,10 @@ pub const META_EVENT_RESERVED: &[u8] = b"event_reserved";
 /// stores publishing to one JetStream stream never share an id.
 pub const META_STORE_ID: &[u8] = b"store_id";
 
+/// `meta`: a shared filesystem's data engine (`rados://POOL[?conf=FILE]`), written by
+/// `lunafs format`; absent in an embedded store (its data is inline).
+pub const META_DATA_URL: &[u8] = b"data_url";
+
 /// `meta`: present once every inode record carries its name (`Inode::name`): a store from
 /// before names were kept gets them filled in once, at its next mount.
 pub const META_INODE_NAMES: &[u8] = b"inode_names";

@@ -56,6 +56,10 @@ impl Memory {
 }
 
 impl Meta for Memory {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
         let s = self.state.lock();
         Ok(s.families.get(cf.name()).and_then(|f| f.get(key)).cloned())

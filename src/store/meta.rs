@@ -38,6 +38,10 @@ pub enum Outcome {
 /// Called with each (key, value) of a scan, in key order; returns false to stop.
 pub type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
 
+/// Told of each key another process changed (`None`: changes were missed, assume anything
+/// changed). Runs on a thread of its own, never inside an operation.
+pub type Changed = dyn Fn(Option<(Cf, &[u8])>) + Send + Sync;
+
 /// Called with each (index asked, value found) of a `multi_get`.
 pub type Found<'a> = dyn FnMut(usize, Option<&[u8]>) -> Result<()> + 'a;
 
@@ -66,6 +70,34 @@ pub trait Meta: Send + Sync {
 
     /// Bytes the engine holds, roughly.
     fn approximate_size(&self) -> u64;
+
+    /// The engine, as users name it (`rocksdb`, `etcd://H:P/NAME`).
+    fn describe(&self) -> String;
+
+    /// Registers `id` as a live session of the store for as long as this process lives
+    /// (on etcd, a key under a lease that expires without this process' renewals).
+    fn register_session(&self, _id: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether session `id` (of another process) is still alive. An engine only one process
+    /// opens at a time has no other live sessions.
+    fn session_alive(&self, _id: &[u8]) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether this process is the store's leader: the one process that delivers events and
+    /// runs background work. Asking the first time enters the election; an engine only one
+    /// process opens always answers yes.
+    fn leads(&self) -> bool {
+        true
+    }
+
+    /// From now on, tells `changed` of every key other processes change. An engine only one
+    /// process writes has nothing to tell.
+    fn watch(&self, _changed: std::sync::Arc<Changed>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One atomic batch: writes apply in the order given (a put after a range delete survives).

@@ -69,6 +69,10 @@ impl Rocks {
 }
 
 impl Meta for Rocks {
+    fn describe(&self) -> String {
+        "rocksdb".into()
+    }
+
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
         Ok(self.db.get_cf(self.cf(cf), key)?.map(|v| (v, 0)))
     }

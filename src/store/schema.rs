@@ -65,6 +65,10 @@ impl Cf {
     /// holding these is ours even if later families are missing (they are created at open).
     pub const V1: &'static [Cf] = Cf::ALL.split_at(7).0;
 
+    pub fn from_name(name: &str) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Cf::Meta => "meta",

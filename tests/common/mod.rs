@@ -2,6 +2,7 @@
 //! temp dir and unmounts it on drop; `errno_of` and `run_as` check what callers see.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod nats;
 
 use std::fs;
@@ -38,26 +39,43 @@ impl TestFs {
         TestFs::new(options, "lunafs=info")
     }
 
+    /// A mount of the store at `store` (a directory or an `etcd://` URL), e.g. a second
+    /// mount of one shared filesystem.
+    pub fn of_store(store: &str, options: &str) -> TestFs {
+        let mut t = TestFs::unstarted(options, "lunafs=debug");
+        t.store = PathBuf::from(store);
+        t.start();
+        t
+    }
+
     fn new(options: &str, log_level: &'static str) -> TestFs {
+        let mut t = TestFs::unstarted(options, log_level);
+        t.start();
+        t
+    }
+
+    fn unstarted(options: &str, log_level: &'static str) -> TestFs {
         let dir = tempfile::Builder::new()
             .prefix("lunafs-test")
             .tempdir()
             .unwrap();
         // Other users must be able to walk to the mountpoint for permission tests.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let store = dir.path().join("store");
+        // LUNAFS_TEST_BACKEND=shared: every mount is of a new filesystem on etcd + Ceph.
+        let store = match std::env::var("LUNAFS_TEST_BACKEND").as_deref() {
+            Ok("shared") => PathBuf::from(cluster::cluster().format("suite")),
+            _ => dir.path().join("store"),
+        };
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
-        let mut t = TestFs {
+        TestFs {
             dir,
             store,
             mnt,
             options: options.to_string(),
             log_level,
             child: None,
-        };
-        t.start();
-        t
+        }
     }
 
     fn log_path(&self) -> PathBuf {

@@ -17,6 +17,10 @@ const C: u64 = CHUNK_SIZE;
 pub struct Inline;
 
 impl Data for Inline {
+    fn describe(&self) -> String {
+        "inline".into()
+    }
+
     fn read(&self, meta: &dyn Meta, ino: Ino, offset: u64, end: u64) -> Result<Vec<u8>> {
         let mut out = vec![0u8; (end - offset) as usize];
         if offset >= end {
@@ -77,11 +81,6 @@ impl Data for Inline {
         Ok(())
     }
 
-    fn purge(&self, _meta: &dyn Meta, w: &mut dyn Writes, ino: Ino) -> Result<()> {
-        w.delete_range(Cf::Chunks, &keys::chunk(ino, 0), &keys::chunk(ino + 1, 0));
-        Ok(())
-    }
-
     fn check(&self, meta: &dyn Meta, owner: &dyn Fn(Ino) -> Owner) -> Result<Checked> {
         let mut out = Checked::default();
         let mut reported = BTreeSet::new();
@@ -95,25 +94,23 @@ impl Data for Inline {
                 });
                 return Ok(true);
             };
-            let finding = |problem: String, fix| DataFinding { ino, problem, fix };
-            let found = match (owner(ino), decode_blob(v)) {
-                (Owner::Damaged, _) => None,
-                (Owner::Missing, _) => reported
-                    .insert(ino)
-                    .then(|| finding(format!("data chunks of missing inode {ino}"), Fix::Purge)),
-                (Owner::Other, _) => reported.insert(ino).then(|| {
-                    finding(
-                        format!("data chunks on inode {ino}, which is not a file"),
-                        Fix::Trim(0),
+            let found = match decode_blob(v) {
+                Ok(data) => {
+                    let start = index * C;
+                    super::misplaced(
+                        ino,
+                        owner(ino),
+                        start,
+                        start + data.len() as u64,
+                        &mut reported,
                     )
+                }
+                Err(e) if matches!(owner(ino), Owner::File { .. }) => Some(DataFinding {
+                    ino,
+                    problem: format!("inode {ino} chunk {index}: {e}"),
+                    fix: Fix::None,
                 }),
-                (Owner::File { .. }, Err(e)) => Some(finding(
-                    format!("inode {ino} chunk {index}: {e}"),
-                    Fix::None,
-                )),
-                (Owner::File { size }, Ok(data)) => past_size(ino, index, data.len() as u64, size)
-                    .filter(|_| reported.insert(ino))
-                    .map(|problem| finding(problem, Fix::Trim(size))),
+                Err(_) => super::misplaced(ino, owner(ino), 0, 0, &mut reported),
             };
             out.findings.extend(found);
             Ok(true)
@@ -150,21 +147,5 @@ impl Inline {
             Ok(())
         })?;
         Ok(out)
-    }
-}
-
-/// What is wrong with chunk `index` of `len` bytes in a file of `size`, if anything.
-fn past_size(ino: Ino, index: u64, len: u64, size: u64) -> Option<String> {
-    let base = index * C;
-    if base >= size {
-        Some(format!(
-            "inode {ino}: chunk {index} lies past the size {size}"
-        ))
-    } else if base + len > size {
-        Some(format!(
-            "inode {ino}: chunk {index} holds bytes past the size {size}"
-        ))
-    } else {
-        None
     }
 }

@@ -1,0 +1,694 @@
+//! The shared metadata engine: `Meta` on etcd (v3 API, 3.4 or later).
+//!
+//! Keys are `/<filesystem>/<family>/<key bytes>`; a key's version is its `mod_revision`. A
+//! commit is one `Txn` whose compares are the checked keys' mod_revisions (0: absent) and
+//! whose success branch holds the writes. etcd refuses a transaction that writes one key twice
+//! or puts a key inside a range it deletes, so a batch is first reduced to what it leaves:
+//! the last write of each key, and range deletes split around the keys put inside them.
+//!
+//! Calls come from FUSE threads, which are not async: each blocks on a runtime owned by this
+//! engine, and waits at most `timeout` (then EIO with a message naming etcd): a lost etcd
+//! never hangs the kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+
+use super::meta::{Changed, Each, Found, Meta, Outcome, Version, Writes};
+use super::schema::Cf;
+use crate::error::{Error, Result};
+
+/// Keys per page of a scan, and reads per transaction of a `multi_get`.
+const PAGE: i64 = 512;
+const GETS_PER_TXN: usize = 64;
+
+/// Where an etcd filesystem lives and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `host:port` of each member.
+    pub endpoints: Vec<String>,
+    /// The filesystem's name: its keys are under `/<name>/`.
+    pub name: String,
+    pub user: Option<(String, String)>,
+    /// PEM files: the CA, and this client's certificate and key (all or none of the last two).
+    pub ca: Option<String>,
+    pub cert: Option<(String, String)>,
+    /// The longest wait for any one request.
+    pub timeout: Duration,
+}
+
+pub struct Etcd {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    prefix: Vec<u8>,
+    timeout: Duration,
+    describe: String,
+    /// Revisions of this process' own commits, not yet passed by the watch: its events for
+    /// them are not news.
+    own: Arc<Mutex<BTreeSet<i64>>>,
+    /// This process' claim on the leadership, once asked for.
+    leadership: std::sync::OnceLock<Arc<Leadership>>,
+}
+
+/// Seconds a leader's lease lives without renewal; it renews every third of that.
+const LEASE_TTL: i64 = 10;
+
+/// The leader key `/<name>/leader`, held under a lease: the process holding it runs the
+/// dispatcher and background work. Another takes over when its lease expires.
+#[derive(Default)]
+struct Leadership {
+    /// When the lease was last renewed while holding the key (None: not the leader).
+    held_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl Leadership {
+    fn holds(&self) -> bool {
+        // Trusted only well inside the lease: a leader cut off from etcd stops leading
+        // before its lease expires and another process can take over.
+        let margin = Duration::from_secs(LEASE_TTL as u64 * 2 / 3);
+        self.held_at.lock().is_some_and(|t| t.elapsed() < margin)
+    }
+
+    async fn campaign(self: Arc<Self>, mut client: Client, key: Vec<u8>, me: Vec<u8>) {
+        loop {
+            if let Err(e) = self.term(&mut client, &key, &me).await {
+                tracing::warn!(error = %e, "leadership lease lost; campaigning again");
+            }
+            *self.held_at.lock() = None;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// One lease: claims the key whenever it is free, renews while it lives.
+    async fn term(
+        &self,
+        client: &mut Client,
+        key: &[u8],
+        me: &[u8],
+    ) -> std::result::Result<(), etcd_client::Error> {
+        let lease = client.lease_grant(LEASE_TTL, None).await?.id();
+        let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
+        loop {
+            let claim = Txn::new()
+                .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.to_vec(),
+                    me.to_vec(),
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.to_vec(), None)]);
+            let resp = client.txn(claim).await?;
+            let mine = resp.succeeded()
+                || resp.op_responses().iter().any(|op| {
+                    matches!(op, TxnOpResponse::Get(g) if g.kvs().first().is_some_and(|kv| kv.value() == me))
+                });
+            keeper.keep_alive().await?;
+            match replies.message().await? {
+                Some(r) if r.ttl() > 0 => {}
+                _ => return Ok(()), // expired
+            }
+            *self.held_at.lock() = mine.then(std::time::Instant::now);
+            tokio::time::sleep(Duration::from_secs(LEASE_TTL as u64 / 3)).await;
+        }
+    }
+}
+
+impl Etcd {
+    /// Connects, and checks that etcd answers (within the timeout).
+    pub fn connect(cfg: &EtcdConfig) -> Result<Etcd> {
+        let describe = format!("etcd://{}/{}", cfg.endpoints.join(","), cfg.name);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lunafs-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("starting the etcd client runtime", e))?;
+        let scheme = if cfg.ca.is_some() { "https" } else { "http" };
+        let urls: Vec<String> = cfg
+            .endpoints
+            .iter()
+            .map(|e| format!("{scheme}://{e}"))
+            .collect();
+        let opts = connect_options(cfg)?;
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(cfg.timeout, Client::connect(urls, Some(opts))).await
+            })
+            .map_err(|_| unreachable(&describe, cfg.timeout))?
+            .map_err(|e| Error::Backend(format!("{describe}: {e}")))?;
+        let etcd = Etcd {
+            rt,
+            client,
+            prefix: format!("/{}/", cfg.name).into_bytes(),
+            timeout: cfg.timeout,
+            describe,
+            own: Arc::default(),
+            leadership: Default::default(),
+        };
+        // The client connects lazily: a first read says whether anyone answers.
+        etcd.get(Cf::Meta, b"")?;
+        Ok(etcd)
+    }
+
+    /// `/<name>/sessions/<id>`: present while the session's process renews its lease.
+    fn session_key(&self, id: &[u8]) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(b"sessions/");
+        k.extend_from_slice(id);
+        k
+    }
+
+    fn kv(&self) -> KvClient {
+        self.client.kv_client()
+    }
+
+    fn key(&self, cf: Cf, key: &[u8]) -> Vec<u8> {
+        let mut k = self.family(cf);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// `/<name>/<family>/`, the start of a family's keys.
+    fn family(&self, cf: Cf) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.extend_from_slice(cf.name().as_bytes());
+        k.push(b'/');
+        k
+    }
+
+    /// One past every key of the family (`/` + 1 is `0`).
+    fn family_end(&self, cf: Cf) -> Vec<u8> {
+        let mut k = self.family(cf);
+        *k.last_mut().expect("a family prefix ends in /") = b'0';
+        k
+    }
+
+    /// Runs one request, waiting at most the timeout.
+    fn run<T>(
+        &self,
+        what: &str,
+        f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, f).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::Backend(format!("{} ({what}): {e}", self.describe))),
+            Err(_) => Err(unreachable(
+                &format!("{} ({what})", self.describe),
+                self.timeout,
+            )),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "?".into(), |h| h.trim().to_owned())
+}
+
+fn unreachable(what: &str, timeout: Duration) -> Error {
+    Error::Backend(format!(
+        "{what}: no answer within {} s",
+        timeout.as_secs_f32()
+    ))
+}
+
+fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(cfg.timeout)
+        .with_timeout(cfg.timeout)
+        .with_keep_alive(Duration::from_secs(5), cfg.timeout);
+    if let Some((user, password)) = &cfg.user {
+        opts = opts
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    if let Some(ca) = &cfg.ca {
+        let read =
+            |path: &str| std::fs::read(path).map_err(|e| Error::io(format!("reading {path}"), e));
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+        if let Some((cert, key)) = &cfg.cert {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Ok(opts)
+}
+
+impl Meta for Etcd {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
+        let mut kv = self.kv();
+        let k = self.key(cf, key);
+        let resp = self.run("get", kv.get(k, None))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+    }
+
+    fn multi_get(&self, cf: Cf, keys: &[&[u8]], each: &mut Found<'_>) -> Result<()> {
+        for (n, group) in keys.chunks(GETS_PER_TXN).enumerate() {
+            let ops: Vec<TxnOp> = group
+                .iter()
+                .map(|k| TxnOp::get(self.key(cf, k), None))
+                .collect();
+            let mut kv = self.kv();
+            let resp = self.run("multi-get", kv.txn(Txn::new().and_then(ops)))?;
+            for (i, op) in resp.op_responses().into_iter().enumerate() {
+                let value = match &op {
+                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value()),
+                    _ => None,
+                };
+                each(n * GETS_PER_TXN + i, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, each: &mut Each<'_>) -> Result<()> {
+        let family = self.family(cf);
+        let end = to.map_or_else(|| self.family_end(cf), |to| self.key(cf, to));
+        let mut start = self.key(cf, from);
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE)
+                .with_sort(SortTarget::Key, SortOrder::Ascend);
+            let mut kv = self.kv();
+            let resp = self.run("scan", kv.get(start.clone(), Some(opts)))?;
+            for item in resp.kvs() {
+                if !each(&item.key()[family.len()..], item.value())? {
+                    return Ok(());
+                }
+            }
+            match (resp.more(), resp.kvs().last()) {
+                (true, Some(last)) => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>> {
+        let family = self.family(cf);
+        let opts = GetOptions::new()
+            .with_range(self.family_end(cf))
+            .with_limit(1)
+            .with_keys_only()
+            .with_sort(SortTarget::Key, SortOrder::Descend);
+        let mut kv = self.kv();
+        let resp = self.run("last key", kv.get(family.clone(), Some(opts)))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| kv.key()[family.len()..].to_vec()))
+    }
+
+    fn writes(&self) -> Box<dyn Writes + '_> {
+        Box::new(EtcdWrites {
+            etcd: self,
+            ops: Vec::new(),
+            checks: BTreeMap::new(),
+        })
+    }
+
+    fn sync(&self) -> Result<()> {
+        // An acknowledged etcd commit is already on a quorum's disks.
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn approximate_size(&self) -> u64 {
+        let mut m = self.client.maintenance_client();
+        self.run("status", m.status())
+            .map_or(0, |s| s.db_size().max(0) as u64)
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn register_session(&self, id: &[u8]) -> Result<()> {
+        let key = self.session_key(id);
+        let mut client = self.client.clone();
+        let lease = self
+            .run("session lease", client.lease_grant(LEASE_TTL, None))?
+            .id();
+        let put = client.put(
+            key.clone(),
+            hostname(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        );
+        self.run("session", put)?;
+        self.rt.spawn(keep_session(self.client.clone(), key, lease));
+        Ok(())
+    }
+
+    fn session_alive(&self, id: &[u8]) -> Result<bool> {
+        let mut kv = self.kv();
+        let resp = self.run("session", kv.get(self.session_key(id), None))?;
+        Ok(!resp.kvs().is_empty())
+    }
+
+    fn leads(&self) -> bool {
+        let l = self.leadership.get_or_init(|| {
+            let l = Arc::new(Leadership::default());
+            let mut key = self.prefix.clone();
+            key.extend_from_slice(b"leader");
+            let me = format!("{}@{}", std::process::id(), hostname()).into_bytes();
+            self.rt
+                .spawn(l.clone().campaign(self.client.clone(), key, me));
+            l
+        });
+        l.holds()
+    }
+
+    fn watch(&self, changed: Arc<Changed>) -> Result<()> {
+        let mut kv = self.kv();
+        let now = self.run("revision", kv.get(self.prefix.clone(), None))?;
+        let from = now.header().map_or(0, |h| h.revision()) + 1;
+        // Changes go to a thread of their own: what they trigger (kernel invalidations) may
+        // wait on FUSE requests, which may wait on this runtime.
+        let (tx, rx) = mpsc::channel::<Option<(Cf, Vec<u8>)>>();
+        std::thread::Builder::new()
+            .name("lunafs-watch".into())
+            .spawn(move || {
+                for change in rx {
+                    changed(change.as_ref().map(|(cf, k)| (*cf, k.as_slice())));
+                }
+            })
+            .map_err(|e| Error::io("starting the watch thread", e))?;
+        let watcher = Watcher {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            own: self.own.clone(),
+            tx,
+        };
+        self.rt.spawn(watcher.run(from));
+        Ok(())
+    }
+}
+
+/// Renews a session's lease for the life of the process; if it expired anyway (etcd was out
+/// of reach longer than its TTL), registers the session again under a new one.
+async fn keep_session(mut client: Client, key: Vec<u8>, mut lease: i64) {
+    loop {
+        let renewed = async {
+            let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
+            loop {
+                keeper.keep_alive().await?;
+                match replies.message().await? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Ok::<(), etcd_client::Error>(()),
+                }
+                tokio::time::sleep(Duration::from_secs(LEASE_TTL as u64 / 3)).await;
+            }
+        };
+        if let Err(e) = renewed.await {
+            tracing::warn!(error = %e, "renewing the session lease failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        tracing::warn!("the session lease expired; registering the session again");
+        let again = async {
+            let id = client.lease_grant(LEASE_TTL, None).await?.id();
+            let opts = etcd_client::PutOptions::new().with_lease(id);
+            client.put(key.clone(), hostname(), Some(opts)).await?;
+            Ok::<i64, etcd_client::Error>(id)
+        };
+        match again.await {
+            Ok(id) => lease = id,
+            Err(e) => {
+                tracing::warn!(error = %e, "registering the session failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Follows every change under the filesystem's prefix, from a revision on, across
+/// reconnections; tells the watch thread of those other processes made.
+struct Watcher {
+    client: Client,
+    prefix: Vec<u8>,
+    own: Arc<Mutex<BTreeSet<i64>>>,
+    tx: mpsc::Sender<Option<(Cf, Vec<u8>)>>,
+}
+
+impl Watcher {
+    async fn run(self, mut from: i64) {
+        loop {
+            match self.follow(&mut from).await {
+                Ok(()) => return, // the watch thread is gone: the store was dropped
+                Err(e) => {
+                    tracing::warn!(error = %e, "etcd watch lost; resuming in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Ok when nobody listens any more; Err to reconnect.
+    async fn follow(&self, from: &mut i64) -> std::result::Result<(), String> {
+        let opts = WatchOptions::new().with_prefix().with_start_revision(*from);
+        let mut client = self.client.clone();
+        let mut stream = client
+            .watch(self.prefix.clone(), Some(opts))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
+            if resp.canceled() {
+                // Compacted past where we were: what happened in between is unknown.
+                if resp.compact_revision() > 0 {
+                    *from = resp.compact_revision();
+                    if self.tx.send(None).is_err() {
+                        return Ok(());
+                    }
+                }
+                return Err(format!("watch canceled: {}", resp.cancel_reason()));
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let rev = kv.mod_revision();
+                *from = rev + 1;
+                if self.is_own(rev) {
+                    continue;
+                }
+                if let Some(change) = self.decode(kv.key()) {
+                    if self.tx.send(Some(change)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err("watch stream ended".into())
+    }
+
+    /// Whether revision `rev` is one of our own commits (forgetting those before it).
+    fn is_own(&self, rev: i64) -> bool {
+        let mut own = self.own.lock();
+        while own.first().is_some_and(|&r| r < rev) {
+            own.pop_first();
+        }
+        own.contains(&rev)
+    }
+
+    fn decode(&self, key: &[u8]) -> Option<(Cf, Vec<u8>)> {
+        let rest = key.strip_prefix(self.prefix.as_slice())?;
+        let slash = rest.iter().position(|&b| b == b'/')?;
+        let cf = Cf::from_name(std::str::from_utf8(&rest[..slash]).ok()?)?;
+        Some((cf, rest[slash + 1..].to_vec()))
+    }
+}
+
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    DeleteRange(Vec<u8>, Vec<u8>),
+}
+
+struct EtcdWrites<'a> {
+    etcd: &'a Etcd,
+    ops: Vec<Op>,
+    checks: BTreeMap<Vec<u8>, Version>,
+}
+
+impl Writes for EtcdWrites<'_> {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.ops
+            .push(Op::Put(self.etcd.key(cf, key), value.to_vec()));
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.ops.push(Op::Delete(self.etcd.key(cf, key)));
+    }
+
+    fn delete_range(&mut self, cf: Cf, from: &[u8], to: &[u8]) {
+        let (from, to) = (self.etcd.key(cf, from), self.etcd.key(cf, to));
+        if from < to {
+            self.ops.push(Op::DeleteRange(from, to));
+        }
+    }
+
+    fn check(&mut self, cf: Cf, key: &[u8], version: Version) {
+        self.checks.insert(self.etcd.key(cf, key), version);
+    }
+
+    fn commit(self: Box<Self>) -> Result<Outcome> {
+        let compares: Vec<Compare> = self
+            .checks
+            .iter()
+            .map(|(k, &v)| Compare::mod_revision(k.clone(), CompareOp::Equal, v as i64))
+            .collect();
+        let ops = reduce(self.ops);
+        if ops.is_empty() && compares.is_empty() {
+            return Ok(Outcome::Done);
+        }
+        let writes = !ops.is_empty();
+        let mut kv = self.etcd.kv();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let resp = self.etcd.run("commit", kv.txn(txn))?;
+        if !resp.succeeded() {
+            return Ok(Outcome::Conflict);
+        }
+        // A commit that writes nothing makes no revision of its own.
+        if let Some(h) = resp.header().filter(|_| writes) {
+            self.etcd.own.lock().insert(h.revision());
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+/// The writes a batch leaves, as etcd accepts them: one write per key, and no put inside a
+/// deleted range (the range is split around it).
+fn reduce(ops: Vec<Op>) -> Vec<TxnOp> {
+    let mut points: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                points.insert(k, Some(v));
+            }
+            Op::Delete(k) => {
+                points.insert(k, None);
+            }
+            Op::DeleteRange(from, to) => {
+                let covered: Vec<Vec<u8>> = points
+                    .range(from.clone()..to.clone())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in covered {
+                    points.remove(&k);
+                }
+                ranges.push((from, to));
+            }
+        }
+    }
+    let ranges = merge(ranges);
+    let in_range = |k: &Vec<u8>| ranges.iter().any(|(a, b)| a <= k && k < b);
+    let mut out = Vec::new();
+    for (a, b) in &ranges {
+        // Split around the keys put inside: [a, k1), (k1, k2), ... (kn, b).
+        let mut start = a.clone();
+        for (k, _) in points
+            .range(a.clone()..b.clone())
+            .filter(|(_, v)| v.is_some())
+        {
+            if start < *k {
+                out.push(delete_range(start, k.clone()));
+            }
+            start = k.clone();
+            start.push(0);
+        }
+        if start < *b {
+            out.push(delete_range(start, b.clone()));
+        }
+    }
+    for (k, v) in points {
+        match v {
+            Some(v) => out.push(TxnOp::put(k, v, None)),
+            None if !in_range(&k) => out.push(TxnOp::delete(k, None)),
+            None => {}
+        }
+    }
+    out
+}
+
+fn delete_range(from: Vec<u8>, to: Vec<u8>) -> TxnOp {
+    TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)))
+}
+
+/// Overlapping or touching ranges joined, in order.
+fn merge(mut ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    ranges.sort();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => {
+                if b > last.1 {
+                    last.1 = b;
+                }
+            }
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(ops: &[TxnOp]) -> Vec<String> {
+        ops.iter().map(|o| format!("{o:?}")).collect()
+    }
+
+    #[test]
+    fn a_batch_reduces_to_one_write_per_key_and_ranges_split_around_puts() {
+        let k = |s: &str| s.as_bytes().to_vec();
+        let ops = vec![
+            Op::Put(k("a"), k("1")),
+            Op::Put(k("a"), k("2")),
+            Op::DeleteRange(k("c"), k("g")),
+            Op::Put(k("d"), k("3")),
+            Op::Delete(k("e")),
+            Op::DeleteRange(k("f"), k("h")),
+            Op::Delete(k("z")),
+        ];
+        let out = shape(&reduce(ops));
+        assert_eq!(out.len(), 5, "{out:#?}");
+        // [c, d) and (d, h): the put of d survives, the delete of e is covered.
+        assert!(
+            out[0].contains("[99]") && out[0].contains("[100]"),
+            "{}",
+            out[0]
+        );
+        assert!(
+            out[1].contains("[100, 0]") && out[1].contains("[104]"),
+            "{}",
+            out[1]
+        );
+        assert!(
+            out[2].contains("[97]") && out[2].contains("[50]"),
+            "last put of a wins"
+        );
+        assert!(out[3].contains("[100]") && out[3].contains("[51]"));
+        assert!(out[4].contains("[122]"));
+    }
+}

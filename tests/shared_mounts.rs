@@ -1,0 +1,314 @@
+//! Two mounts (two lunafs processes, two mountpoints) of one shared filesystem on a real
+//! etcd and a real Ceph (`common::cluster`): what one writes and closes the other reads; names
+//! made, renamed and removed on one are seen on the other; racing creates of one name from
+//! both have exactly one winner; handler calls from both on one object are atomic; tar on one
+//! reads what tar on the other wrote; and the filesystem checks clean afterwards.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::cluster;
+use common::{succeeded, TestFs, LUNAFS};
+
+/// Two mounts of a new filesystem. The kernel may cache attributes and entries for an hour:
+/// only the store's watch (kernel invalidations) can make one mount see the other's changes
+/// in time, so a missed invalidation fails the checks below.
+fn two_mounts() -> (String, TestFs, TestFs) {
+    let url = cluster().format("mounts");
+    let a = TestFs::of_store(&url, "allow_other,attr_timeout=3600");
+    let b = TestFs::of_store(&url, "allow_other,attr_timeout=3600");
+    (url, a, b)
+}
+
+/// Waits up to 5 s for `check` to hold: the other mount's kernel may have cached the old
+/// state until the watch's invalidation arrives (milliseconds).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "never seen on the other mount: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fsck_clean(url: &str) {
+    let out = Command::new(LUNAFS).args(["fsck", url]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "fsck {url}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_file_closed_on_one_mount_opens_with_that_content_on_the_other() {
+    let (url, a, b) = two_mounts();
+    fs::create_dir(a.path("photos")).unwrap();
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    fs::write(a.path("photos/big.bin"), &big).unwrap();
+    assert!(fs::read(b.path("photos/big.bin")).unwrap() == big);
+    // B reads it (into its page cache), A replaces it: B's next open sees the new bytes.
+    fs::write(a.path("photos/small.txt"), b"version 1").unwrap();
+    assert_eq!(fs::read(b.path("photos/small.txt")).unwrap(), b"version 1");
+    fs::write(a.path("photos/small.txt"), b"version 2, longer").unwrap();
+    eventually("the second version", || {
+        fs::read(b.path("photos/small.txt")).unwrap() == b"version 2, longer"
+    });
+    // And the other way round, with an xattr (the omap) too.
+    fs::write(b.path("photos/from-b"), b"written on b").unwrap();
+    xattr_set(&b.path("photos/from-b"), "user.colour", b"blue");
+    assert_eq!(fs::read(a.path("photos/from-b")).unwrap(), b"written on b");
+    assert_eq!(xattr_get(&a.path("photos/from-b"), "user.colour"), b"blue");
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+#[test]
+fn renames_and_unlinks_on_one_mount_are_seen_on_the_other() {
+    let (url, a, b) = two_mounts();
+    fs::create_dir(a.path("bkt")).unwrap();
+    fs::write(a.path("bkt/old"), b"x").unwrap();
+    assert!(b.path("bkt/old").exists());
+    assert!(
+        !b.path("bkt/new").exists(),
+        "a negative entry is cached on b now"
+    );
+    fs::rename(a.path("bkt/old"), a.path("bkt/new")).unwrap();
+    eventually("the rename", || {
+        !b.path("bkt/old").exists() && b.path("bkt/new").exists()
+    });
+    fs::remove_file(b.path("bkt/new")).unwrap();
+    eventually("the unlink", || !a.path("bkt/new").exists());
+    let names = |t: &TestFs| {
+        let mut v: Vec<String> = fs::read_dir(t.path("bkt"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(names(&a).is_empty() && names(&b).is_empty());
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+#[test]
+fn racing_exclusive_creates_and_mkdirs_of_one_name_have_one_winner() {
+    let (url, a, b) = two_mounts();
+    fs::create_dir(a.path("race")).unwrap();
+    assert!(b.path("race").exists());
+    let run = |t: &TestFs| {
+        let root = t.path("race");
+        std::thread::spawn(move || {
+            let mut won = Vec::new();
+            for i in 0..200 {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(root.join(format!("f{i}")));
+                let dir = fs::create_dir(root.join(format!("d{i}")));
+                for r in [file.map(|_| ()), dir] {
+                    match r {
+                        Ok(()) => won.push(true),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => won.push(false),
+                        Err(e) => panic!("create {i}: {e}"),
+                    }
+                }
+            }
+            won
+        })
+    };
+    let (ta, tb) = (run(&a), run(&b));
+    let (wa, wb) = (ta.join().unwrap(), tb.join().unwrap());
+    for (i, (x, y)) in wa.iter().zip(&wb).enumerate() {
+        assert!(x ^ y, "name {i}: a won {x}, b won {y}");
+    }
+    assert_eq!(fs::read_dir(a.path("race")).unwrap().count(), 400);
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+const COUNTER: &str = r#"
+function incr(input, output)
+  local ok, v = pcall(objclass.map_get_val, "n")
+  local n = ok and tonumber(v:str()) or 0
+  objclass.map_set_val("n", tostring(n + 1))
+end
+objclass.register(incr)
+"#;
+
+#[test]
+fn handler_calls_from_both_mounts_on_one_object_all_count() {
+    let (url, a, b) = two_mounts();
+    fs::create_dir(a.path("c")).unwrap();
+    fs::write(a.path("c/obj"), b"").unwrap();
+    a.put_class("counter", COUNTER);
+    // The class was installed through a; b learns of it from the store's watch.
+    eventually("the class", || {
+        b.path(".lunafs/classes/counter.lua").exists()
+    });
+    let run = |t: TestFs| {
+        std::thread::spawn(move || {
+            for _ in 0..1000 {
+                let r = t.call("c/obj", "counter.incr", b"");
+                assert_eq!(r.result, 0, "{}", r.message);
+            }
+            t
+        })
+    };
+    let (ta, tb) = (run(a), run(b));
+    let (a, b) = (ta.join().unwrap(), tb.join().unwrap());
+    for t in [&a, &b] {
+        assert_eq!(xattr_get(&t.path("c/obj"), "user.n"), b"2000");
+    }
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+#[test]
+fn tar_written_on_one_mount_reads_back_identically_through_the_other() {
+    let (url, a, b) = two_mounts();
+    let src = tempfile::tempdir().unwrap();
+    for d in 0..5 {
+        let dir = src.path().join(format!("dir{d}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..40 {
+            let body: Vec<u8> = (0..(f * 997 + d)).map(|i| (i % 256) as u8).collect();
+            fs::write(dir.join(format!("f{f}")), body).unwrap();
+        }
+    }
+    fs::create_dir(a.path("t")).unwrap();
+    let tar = |args: &[&str]| succeeded(&Command::new("tar").args(args).output().unwrap());
+    let archive = src.path().join("../in.tar");
+    tar(&[
+        "-C",
+        src.path().to_str().unwrap(),
+        "-cf",
+        archive.to_str().unwrap(),
+        ".",
+    ]);
+    tar(&[
+        "-C",
+        a.path("t").to_str().unwrap(),
+        "-xf",
+        archive.to_str().unwrap(),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let back = out.path().join("back.tar");
+    tar(&[
+        "-C",
+        b.path("t").to_str().unwrap(),
+        "-cf",
+        back.to_str().unwrap(),
+        ".",
+    ]);
+    let unpacked = out.path().join("u");
+    fs::create_dir(&unpacked).unwrap();
+    tar(&[
+        "-C",
+        unpacked.to_str().unwrap(),
+        "-xf",
+        back.to_str().unwrap(),
+    ]);
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(src.path())
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    succeeded(&diff);
+    let _ = fs::remove_file(archive);
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+#[test]
+fn format_refuses_an_existing_name_and_mount_refuses_an_unknown_one() {
+    let c = cluster();
+    let url = c.format("refuse");
+    let out = Command::new(LUNAFS)
+        .args(["format", &url, "--data", &c.rados])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already exists"), "{err}");
+    let unknown = c.url(&c.fresh_name("never-formatted"));
+    let mnt = tempfile::tempdir().unwrap();
+    let out = Command::new(LUNAFS)
+        .args(["mount", &unknown])
+        .arg(mnt.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no such filesystem"), "{err}");
+    assert!(!common::is_mounted(mnt.path()));
+}
+
+#[test]
+fn an_unreachable_etcd_or_ceph_is_named_and_nothing_is_mounted() {
+    let c = cluster();
+    let mnt = tempfile::tempdir().unwrap();
+    // Nothing listens on port 9 (discard) of loopback.
+    let out = Command::new(LUNAFS)
+        .args([
+            "mount",
+            "etcd://127.0.0.1:9/nothing",
+            "-o",
+            "backend_timeout=1",
+        ])
+        .arg(mnt.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd://127.0.0.1:9/nothing"), "{err}");
+    assert!(!common::is_mounted(mnt.path()));
+    // A reachable etcd whose data URL names a Ceph nobody runs.
+    let conf = mnt.path().join("../nowhere.conf");
+    fs::write(
+        &conf,
+        "[global]\nmon host = v2:127.0.0.1:9\nauth client required = none\n",
+    )
+    .unwrap();
+    let name = c.url(&c.fresh_name("no-ceph"));
+    let out = Command::new(LUNAFS)
+        .args(["format", &name, "-o", "backend_timeout=2", "--data"])
+        .arg(format!("rados://lunafs?conf={}", conf.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rados://lunafs"), "{err}");
+    let _ = fs::remove_file(conf);
+}
+
+fn xattr_set(path: &Path, name: &str, value: &[u8]) {
+    let out = Command::new("setfattr")
+        .args(["-n", name, "-v"])
+        .arg(String::from_utf8_lossy(value).as_ref())
+        .arg(path)
+        .output()
+        .unwrap();
+    succeeded(&out);
+}
+
+fn xattr_get(path: &Path, name: &str) -> Vec<u8> {
+    let out = Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .unwrap();
+    succeeded(&out);
+    out.stdout
+}
