@@ -6,6 +6,10 @@
 #   benches/run.sh [--quick]      (--quick: 2,000 files and a 256 MiB sequential file)
 #   LUNAFS_OPTS=no_writeback_cache benches/run.sh     (mount options for lunafs, to compare)
 #   ROUNDS=5 benches/run.sh       (rounds per target, default 3; the table shows the median)
+#   SHARED=1 benches/run.sh       (adds lunafs-shared, on a local etcd + Ceph from
+#                                  contrib/cluster.sh, and cephfs: CephFS through ceph-fuse
+#                                  on the same cluster, the distributed filesystem to beat)
+#   ONLY="lunafs-shared cephfs" SHARED=1 benches/run.sh     (only those targets)
 #
 # Needs root (tmpfs mount, drop_caches), fuse3, bindfs, fio, python3 (contrib/install-deps.sh).
 # Everything lives under $BENCH_DIR (default /var/tmp/lunafs-bench) and is removed at the end.
@@ -15,6 +19,9 @@ FILES=10000; SEQ_MB=1024; XATTRS=10000; ROUNDS=${ROUNDS:-3}
 if [ "${1:-}" = "--quick" ]; then FILES=2000; SEQ_MB=256; XATTRS=2000; fi
 BASE=${BENCH_DIR:-/var/tmp/lunafs-bench}
 BIN=$(contrib/release-bin.sh)
+# The shared targets' cluster lives in RAM like its memstore OSD, so etcd's journal and the
+# CephFS MDS journal (on that OSD) are on the same footing.
+CLUSTER=$( [ -d /dev/shm ] && echo /dev/shm/lunafs-bench-cluster || echo "$BASE/cluster")
 [ "$(id -u)" -eq 0 ] || { echo "run as root (tmpfs mount and drop_caches)" >&2; exit 1; }
 
 cleanup() {
@@ -22,7 +29,10 @@ cleanup() {
   if mountpoint -q "$BASE/lunafs"; then "$BIN" umount "$BASE/lunafs" || true; fi
   if mountpoint -q "$BASE/bindfs"; then fusermount3 -u "$BASE/bindfs" || true; fi
   mountpoint -q "$BASE/tmpfs" && umount "$BASE/tmpfs" || true
-  rm -rf "$BASE"
+  if mountpoint -q "$BASE/shared"; then "$BIN" umount "$BASE/shared" || true; fi
+  if mountpoint -q "$BASE/cephfs"; then fusermount3 -u "$BASE/cephfs" || true; fi
+  [ -e "$CLUSTER/pids" ] && contrib/cluster.sh stop "$CLUSTER" || true
+  rm -rf "$BASE" "$CLUSTER"
 }
 trap cleanup EXIT
 cleanup
@@ -39,6 +49,21 @@ TAR_FILES=$(tar -tf "$BASE/tar/src.tar" | wc -l)
 
 declare -A DIRS=([ext4]="$BASE/ext4" [tmpfs]="$BASE/tmpfs" [bindfs]="$BASE/bindfs" [lunafs]="$BASE/lunafs/bench")
 ORDER=(lunafs bindfs ext4 tmpfs)
+if [ "${SHARED:-0}" = 1 ]; then
+  # RAM-backed OSD big enough for the sequential file on both shared targets, plus slack.
+  LUNAFS_CLUSTER_OSD_BYTES=$(( (SEQ_MB * 3 + 4096) << 20 )) contrib/cluster.sh start "$CLUSTER" --cephfs
+  # shellcheck disable=SC1091
+  . "$CLUSTER/env"
+  mkdir -p "$BASE/shared" "$BASE/cephfs"
+  "$BIN" format "etcd://$LUNAFS_ETCD/bench" --data "$LUNAFS_RADOS" >/dev/null
+  "$BIN" mount "etcd://$LUNAFS_ETCD/bench" "$BASE/shared"
+  mkdir "$BASE/shared/bench"
+  ceph-fuse -c "$CEPH_CONF" "$BASE/cephfs" >/dev/null 2>&1
+  DIRS+=([lunafs-shared]="$BASE/shared/bench" [cephfs]="$BASE/cephfs")
+  ORDER+=(lunafs-shared cephfs)
+fi
+[ -z "${ONLY:-}" ] || read -r -a ORDER <<< "$ONLY"
+has() { [[ " ${ORDER[*]} " == *" $1 "* ]]; }
 declare -A R
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -124,14 +149,23 @@ read -r steal1 total1 < <(cpu_ticks)
 steal=$(python3 -c "print(f'{100 * ($steal1 - $steal0) / max(1, $total1 - $total0):.1f}')")
 echo "Median of $ROUNDS rounds. lunafs options: ${LUNAFS_OPTS:-defaults}. CPU steal during the run: $steal%."
 echo
-echo "| workload | lunafs | bindfs | ext4 | tmpfs | lunafs/bindfs |"
-echo "|---|---|---|---|---|---|"
+RATIOS=()
+has lunafs && has bindfs && RATIOS+=(lunafs/bindfs)
+has lunafs-shared && has cephfs && RATIOS+=(lunafs-shared/cephfs)
+header="| workload |"
+for t in "${ORDER[@]}" "${RATIOS[@]}"; do header+=" $t |"; done
+echo "$header"
+printf '|---%.0s' x "${ORDER[@]}" "${RATIOS[@]}"; echo "|"
 row() { # key label
-  local k=$1 label=$2 t
+  local k=$1 label=$2 t r line
   declare -A M
   for t in "${ORDER[@]}"; do M[$t]=$(median "${R[$k,$t]}"); done
-  local ratio; ratio=$(python3 -c "a,b=${M[lunafs]},${M[bindfs]}; print(f'{a/b:.2f}' if b else '-')")
-  echo "| $label | ${M[lunafs]} | ${M[bindfs]} | ${M[ext4]} | ${M[tmpfs]} | $ratio |"
+  line="| $label |"
+  for t in "${ORDER[@]}"; do line+=" ${M[$t]} |"; done
+  for r in "${RATIOS[@]}"; do
+    line+=" $(python3 -c "a,b=${M[${r%/*}]},${M[${r#*/}]}; print(f'{a/b:.2f}' if b else '-')") |"
+  done
+  echo "$line"
 }
 row create "create+write $FILES x 4 KiB in 10 dirs (s)"
 row stat "stat $FILES files (s)"

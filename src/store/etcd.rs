@@ -26,6 +26,9 @@ use super::meta::{Changed, Each, Found, Meta, Outcome, Version, Writes};
 use super::schema::Cf;
 use crate::error::{Error, Result};
 
+/// The wait before a failed read is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Keys per page of a scan, and reads per transaction of a `multi_get`.
 const PAGE: i64 = 512;
 const GETS_PER_TXN: usize = 64;
@@ -191,6 +194,28 @@ impl Etcd {
         k
     }
 
+    /// Runs a read, again after any failure (a member down, a leader election) until the
+    /// timeout: reads change nothing, so repeating one is always safe. Writes are not
+    /// repeated (`run`): a commit whose answer was lost may have happened.
+    fn read<T, Fut>(&self, what: &str, attempt: impl Fn(KvClient) -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let reads = async {
+            loop {
+                match attempt(self.kv()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if tokio::time::Instant::now() + RETRY_PAUSE >= deadline => {
+                        return Err(e)
+                    }
+                    Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
+                }
+            }
+        };
+        self.run(what, reads)
+    }
+
     /// Runs one request, waiting at most the timeout.
     fn run<T>(
         &self,
@@ -248,9 +273,11 @@ fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
 
 impl Meta for Etcd {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
-        let mut kv = self.kv();
         let k = self.key(cf, key);
-        let resp = self.run("get", kv.get(k, None))?;
+        let resp = self.read("get", |mut kv| {
+            let k = k.clone();
+            async move { kv.get(k, None).await }
+        })?;
         Ok(resp
             .kvs()
             .first()
@@ -263,8 +290,10 @@ impl Meta for Etcd {
                 .iter()
                 .map(|k| TxnOp::get(self.key(cf, k), None))
                 .collect();
-            let mut kv = self.kv();
-            let resp = self.run("multi-get", kv.txn(Txn::new().and_then(ops)))?;
+            let resp = self.read("multi-get", |mut kv| {
+                let txn = Txn::new().and_then(ops.clone());
+                async move { kv.txn(txn).await }
+            })?;
             for (i, op) in resp.op_responses().into_iter().enumerate() {
                 let value = match &op {
                     TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value()),
@@ -285,8 +314,10 @@ impl Meta for Etcd {
                 .with_range(end.clone())
                 .with_limit(PAGE)
                 .with_sort(SortTarget::Key, SortOrder::Ascend);
-            let mut kv = self.kv();
-            let resp = self.run("scan", kv.get(start.clone(), Some(opts)))?;
+            let resp = self.read("scan", |mut kv| {
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })?;
             for item in resp.kvs() {
                 if !each(&item.key()[family.len()..], item.value())? {
                     return Ok(());
@@ -309,8 +340,10 @@ impl Meta for Etcd {
             .with_limit(1)
             .with_keys_only()
             .with_sort(SortTarget::Key, SortOrder::Descend);
-        let mut kv = self.kv();
-        let resp = self.run("last key", kv.get(family.clone(), Some(opts)))?;
+        let resp = self.read("last key", |mut kv| {
+            let (family, opts) = (family.clone(), opts.clone());
+            async move { kv.get(family, Some(opts)).await }
+        })?;
         Ok(resp
             .kvs()
             .first()
@@ -361,8 +394,11 @@ impl Meta for Etcd {
     }
 
     fn session_alive(&self, id: &[u8]) -> Result<bool> {
-        let mut kv = self.kv();
-        let resp = self.run("session", kv.get(self.session_key(id), None))?;
+        let key = self.session_key(id);
+        let resp = self.read("session", |mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })?;
         Ok(!resp.kvs().is_empty())
     }
 

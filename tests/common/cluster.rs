@@ -118,3 +118,64 @@ impl Cluster {
         Store::open_at(&Location::parse(url).unwrap(), &Access::default()).unwrap()
     }
 }
+
+/// An etcd of one test's own, on free loopback ports (for failure tests that stop it).
+pub struct PrivateEtcd {
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl PrivateEtcd {
+    pub fn start() -> PrivateEtcd {
+        let dir = tempfile::tempdir_in(Path::new("/dev/shm")).unwrap();
+        let (client, peer) = (super::nats::free_port(), super::nats::free_port());
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "solo", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url(client)])
+            .args(["--advertise-client-urls", &url(client)])
+            .args(["--listen-peer-urls", &url(peer)])
+            .args(["--initial-advertise-peer-urls", &url(peer)])
+            .args(["--initial-cluster", &format!("solo={}", url(peer))])
+            .args(["--max-txn-ops", "10000", "--max-request-bytes", "33554432"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (apt install etcd-server)");
+        let endpoint = format!("127.0.0.1:{client}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !Command::new("etcdctl")
+            .args(["--endpoints", &endpoint, "endpoint", "health"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(std::time::Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        PrivateEtcd {
+            endpoint,
+            _dir: dir,
+            child,
+        }
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false): etcd stops answering, keeping its state.
+    pub fn pause(&self, paused: bool) {
+        let sig = match paused {
+            true => nix::sys::signal::Signal::SIGSTOP,
+            false => nix::sys::signal::Signal::SIGCONT,
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+}
+
+impl Drop for PrivateEtcd {
+    fn drop(&mut self) {
+        self.pause(false);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,156 @@
+//! Failures of a shared filesystem, with real parts: a mount killed with -9 while the other
+//! works and delivers (leadership moves; JetStream gets every event once), and etcd going
+//! silent under a mount (operations fail with EIO after backend_timeout instead of hanging,
+//! then work again, nothing acknowledged lost).
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::{cluster, PrivateEtcd};
+use common::nats::{Nats, Sub};
+use common::{errno_of, TestFs, LUNAFS};
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fsck_clean(url: &str) {
+    let out = Command::new(LUNAFS).args(["fsck", url]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "fsck {url}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_mount_killed_during_load_leaves_the_other_working_and_every_event_lands_once() {
+    let nats = Nats::start();
+    let mut sub = Sub::new(&nats.url(), "shared.events");
+    sub.create_stream("SHARED", &["shared.>"]);
+    let url = cluster().format("kill9");
+    let mut a = TestFs::of_store(&url, "allow_other");
+    wait_for("a to lead", Duration::from_secs(20), || {
+        a.stats()["leader"] == true
+    });
+    let b = TestFs::of_store(&url, "allow_other");
+    assert_eq!(b.stats()["leader"], false, "one leader at a time");
+    fs::write(
+        a.path(".lunafs/topics/js.toml"),
+        format!(
+            "url = \"{}\"\nsubject = \"shared.events\"\njetstream = true\n",
+            nats.url()
+        ),
+    )
+    .unwrap();
+    fs::create_dir(a.path("q")).unwrap();
+    fs::write(
+        a.path(".lunafs/notifications/q.toml"),
+        "[[notification]]\nid = \"n\"\ntopic = \"js\"\n",
+    )
+    .unwrap();
+    // b learns of the settings from the store's watch.
+    wait_for("b to see the notification", Duration::from_secs(10), || {
+        b.path(".lunafs/notifications/q.toml").exists()
+    });
+    let writer = {
+        let dir = b.path("q");
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                fs::write(dir.join(format!("b{i:03}")), format!("{i}")).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    for i in 0..100 {
+        fs::write(a.path(&format!("q/a{i:03}")), format!("{i}")).unwrap();
+    }
+    a.kill9();
+    writer.join().unwrap();
+    wait_for("b to take over", Duration::from_secs(30), || {
+        b.stats()["leader"] == true
+    });
+    wait_for("400 events", Duration::from_secs(60), || {
+        sub.stream_messages("SHARED") >= 400
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let got = sub.take(1000, Duration::from_secs(1));
+    let mut seen = std::collections::BTreeMap::new();
+    for m in &got {
+        let r = m.record();
+        let key = (
+            r["s3"]["object"]["key"].as_str().unwrap_or("").to_owned(),
+            r["eventName"].as_str().unwrap_or("").to_owned(),
+        );
+        seen.entry(key).or_insert_with(Vec::new).push(
+            r["responseElements"]["x-amz-request-id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
+    }
+    let dups: Vec<_> = seen.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    eprintln!(
+        "{} published, {} distinct events; duplicates: {dups:?}",
+        got.len(),
+        seen.len()
+    );
+    assert_eq!(sub.stream_messages("SHARED"), 400, "each event once");
+    assert_eq!(fs::read_dir(b.path("q")).unwrap().count(), 400);
+    // The killed mount comes back and sees everything; then both leave and fsck is clean.
+    a.restart();
+    assert_eq!(fs::read_dir(a.path("q")).unwrap().count(), 400);
+    drop((a, b));
+    fsck_clean(&url);
+}
+
+#[test]
+fn an_etcd_that_goes_silent_gives_eio_in_bounded_time_and_then_works_again() {
+    let etcd = PrivateEtcd::start();
+    let c = cluster();
+    let url = format!("etcd://{}/{}", etcd.endpoint, c.fresh_name("silent"));
+    let out = Command::new(LUNAFS)
+        .args(["format", &url, "--data", &c.rados])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = TestFs::of_store(&url, "allow_other,backend_timeout=2");
+    fs::create_dir(t.path("b")).unwrap();
+    fs::write(t.path("b/kept"), b"acknowledged before the outage").unwrap();
+    etcd.pause(true);
+    // Runs in a thread so that a hang fails the test instead of blocking it forever.
+    let target = t.path("b/during");
+    let attempt = std::thread::spawn(move || errno_of(fs::write(target, b"x")));
+    let start = Instant::now();
+    while !attempt.is_finished() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the write hangs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(attempt.join().unwrap(), libc::EIO);
+    etcd.pause(false);
+    wait_for("etcd to answer again", Duration::from_secs(30), || {
+        fs::write(t.path("b/after"), b"y").is_ok()
+    });
+    assert_eq!(
+        fs::read(t.path("b/kept")).unwrap(),
+        b"acknowledged before the outage"
+    );
+    assert_eq!(fs::read(t.path("b/after")).unwrap(), b"y");
+    drop(t);
+    fsck_clean(&url);
+}
