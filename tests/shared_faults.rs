@@ -9,7 +9,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster, PrivateEtcd};
+use common::cluster::{cluster, fsck_clean, PrivateEtcd};
 use common::nats::{Nats, Sub};
 use common::{errno_of, TestFs, LUNAFS};
 
@@ -19,16 +19,6 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn fsck_clean(url: &str) {
-    let out = Command::new(LUNAFS).args(["fsck", url]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "fsck {url}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

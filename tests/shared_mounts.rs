@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::cluster;
+use common::cluster::{cluster, fsck_clean};
 use common::{succeeded, TestFs, LUNAFS};
 
 /// Two mounts of a new filesystem. The kernel may cache attributes and entries for an hour:
@@ -36,16 +36,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn fsck_clean(url: &str) {
-    let out = Command::new(LUNAFS).args(["fsck", url]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "fsck {url}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

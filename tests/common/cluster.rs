@@ -119,6 +119,20 @@ impl Cluster {
     }
 }
 
+/// `lunafs fsck URL` finds nothing wrong.
+pub fn fsck_clean(url: &str) {
+    let out = Command::new(super::LUNAFS)
+        .args(["fsck", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fsck {url}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An etcd of one test's own, on free loopback ports (for failure tests that stop it).
 pub struct PrivateEtcd {
     pub endpoint: String,
