@@ -30,7 +30,7 @@ if [ "${1:-}" = "--shared" ]; then
   [ -d /mnt/lunafs-a/demo ] || mkdir /mnt/lunafs-a/demo
   echo "written on mount a" > /mnt/lunafs-a/demo/hello.txt
   setfattr -n user.greeting -v hello /mnt/lunafs-a/demo/hello.txt
-  echo "mount b reads: $(cat /mnt/lunafs-b/demo/hello.txt) ($(getfattr --only-values -n user.greeting /mnt/lunafs-b/demo/hello.txt))"
+  echo "mount b reads: $(cat /mnt/lunafs-b/demo/hello.txt) ($(getfattr --absolute-names --only-values -n user.greeting /mnt/lunafs-b/demo/hello.txt))"
   echo "lunafs $FS is mounted at /mnt/lunafs-a and /mnt/lunafs-b (data: $LUNAFS_RADOS)"
   echo "stop: $BIN umount /mnt/lunafs-a; $BIN umount /mnt/lunafs-b; contrib/cluster.sh stop $CLUSTER"
   exit 0
