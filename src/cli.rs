@@ -486,6 +486,14 @@ fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
         });
     }
     let store = Store::open_at(&loc, &access_of(options)?)?;
+    // An embedded store is locked by its mount; a shared one is checked for live mounts.
+    let mounted = store.other_sessions()?;
+    if repair && mounted > 0 {
+        return Err(Error::Busy(format!(
+            "{}: mounted by {mounted} lunafs process(es); unmount it everywhere before --repair",
+            loc.describe()
+        )));
+    }
     let report = crate::core::fsck::fsck(&store, repair)?;
     if repair {
         // Data objects nothing references (slice stores only), old enough that no

@@ -436,6 +436,11 @@ impl Store {
         Ok(out)
     }
 
+    /// How many other processes have the store open now (mounts on other machines).
+    pub fn other_sessions(&self) -> Result<usize> {
+        self.meta.other_sessions(&self.session)
+    }
+
     /// This opening's session id.
     pub(crate) fn session(&self) -> &[u8] {
         &self.session

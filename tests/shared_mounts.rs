@@ -222,6 +222,30 @@ fn tar_written_on_one_mount_reads_back_identically_through_the_other() {
 }
 
 #[test]
+fn fsck_repair_refuses_a_filesystem_mounted_elsewhere_and_runs_once_it_is_not() {
+    let url = cluster().format("busy");
+    let mut a = TestFs::of_store(&url, "allow_other");
+    let repair = || {
+        Command::new(LUNAFS)
+            .args(["fsck", &url, "--repair"])
+            .output()
+            .unwrap()
+    };
+    let out = repair();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mounted by 1 lunafs process"), "{err}");
+    // A clean unmount ends the session at once (its lease is revoked).
+    a.unmount();
+    let out = repair();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn format_refuses_an_existing_name_and_mount_refuses_an_unknown_one() {
     let c = cluster();
     let url = c.format("refuse");

@@ -59,7 +59,34 @@ pub struct Etcd {
     own: Arc<Mutex<BTreeSet<i64>>>,
     /// This process' claim on the leadership, once asked for.
     leadership: std::sync::OnceLock<Arc<Leadership>>,
+    /// The leases this process holds (session, leadership), revoked at a clean shutdown so
+    /// that other mounts see it gone at once; set then, it stops their renewal tasks.
+    leases: Arc<Leases>,
 }
+
+#[derive(Default)]
+struct Leases {
+    held: Mutex<Vec<i64>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Leases {
+    /// Remembers a new lease; only the latest few can still be alive.
+    fn hold(&self, lease: i64) {
+        let mut held = self.held.lock();
+        if held.len() >= 4 {
+            held.remove(0);
+        }
+        held.push(lease);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The longest wait for one lease revocation at shutdown.
+const REVOKE_WAIT: Duration = Duration::from_secs(1);
 
 /// Seconds a leader's lease lives without renewal; it renews every third of that.
 const LEASE_TTL: i64 = 10;
@@ -80,9 +107,15 @@ impl Leadership {
         self.held_at.lock().is_some_and(|t| t.elapsed() < margin)
     }
 
-    async fn campaign(self: Arc<Self>, mut client: Client, key: Vec<u8>, me: Vec<u8>) {
-        loop {
-            if let Err(e) = self.term(&mut client, &key, &me).await {
+    async fn campaign(
+        self: Arc<Self>,
+        mut client: Client,
+        key: Vec<u8>,
+        me: Vec<u8>,
+        leases: Arc<Leases>,
+    ) {
+        while !leases.stopping() {
+            if let Err(e) = self.term(&mut client, &key, &me, &leases).await {
                 tracing::warn!(error = %e, "leadership lease lost; campaigning again");
             }
             *self.held_at.lock() = None;
@@ -96,10 +129,12 @@ impl Leadership {
         client: &mut Client,
         key: &[u8],
         me: &[u8],
+        leases: &Leases,
     ) -> std::result::Result<(), etcd_client::Error> {
         let lease = client.lease_grant(LEASE_TTL, None).await?.id();
+        leases.hold(lease);
         let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
-        loop {
+        while !leases.stopping() {
             let claim = Txn::new()
                 .when([Compare::create_revision(key.to_vec(), CompareOp::Equal, 0)])
                 .and_then([TxnOp::put(
@@ -121,6 +156,7 @@ impl Leadership {
             *self.held_at.lock() = mine.then(std::time::Instant::now);
             tokio::time::sleep(Duration::from_secs(LEASE_TTL as u64 / 3)).await;
         }
+        Ok(())
     }
 }
 
@@ -155,10 +191,30 @@ impl Etcd {
             describe,
             own: Arc::default(),
             leadership: Default::default(),
+            leases: Arc::default(),
         };
         // The client connects lazily: a first read says whether anyone answers.
         etcd.get(Cf::Meta, b"")?;
         Ok(etcd)
+    }
+
+    /// Ends this process' session and leadership at once (a clean shutdown, or the store
+    /// dropped), so that other mounts need not wait for the leases to expire.
+    fn release_leases(&self) {
+        self.leases
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let held = std::mem::take(&mut *self.leases.held.lock());
+        for lease in held {
+            let mut client = self.client.clone();
+            // Best effort, briefly (an etcd out of reach must not hold up the exit): an
+            // unrevoked lease expires on its own within LEASE_TTL.
+            let revoke =
+                async { tokio::time::timeout(REVOKE_WAIT, client.lease_revoke(lease)).await };
+            if let Ok(Err(e)) = self.rt.block_on(revoke) {
+                tracing::debug!(error = %e, "revoking a lease at shutdown");
+            }
+        }
     }
 
     /// `/<name>/sessions/<id>`: present while the session's process renews its lease.
@@ -364,6 +420,7 @@ impl Meta for Etcd {
     }
 
     fn flush(&self) -> Result<()> {
+        self.release_leases();
         Ok(())
     }
 
@@ -389,8 +446,33 @@ impl Meta for Etcd {
             Some(etcd_client::PutOptions::new().with_lease(lease)),
         );
         self.run("session", put)?;
-        self.rt.spawn(keep_session(self.client.clone(), key, lease));
+        self.leases.hold(lease);
+        self.rt.spawn(keep_session(
+            self.client.clone(),
+            key,
+            lease,
+            self.leases.clone(),
+        ));
         Ok(())
+    }
+
+    fn other_sessions(&self, own: &[u8]) -> Result<usize> {
+        let from = self.session_key(b"");
+        let mut to = from.clone();
+        *to.last_mut().expect("a session prefix ends in /") = b'0';
+        let own = self.session_key(own);
+        let resp = self.read("sessions", |mut kv| {
+            let (from, opts) = (
+                from.clone(),
+                GetOptions::new().with_range(to.clone()).with_keys_only(),
+            );
+            async move { kv.get(from, Some(opts)).await }
+        })?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter(|kv| kv.key() != own.as_slice())
+            .count())
     }
 
     fn session_alive(&self, id: &[u8]) -> Result<bool> {
@@ -408,8 +490,9 @@ impl Meta for Etcd {
             let mut key = self.prefix.clone();
             key.extend_from_slice(b"leader");
             let me = format!("{}@{}", std::process::id(), hostname()).into_bytes();
+            let leases = self.leases.clone();
             self.rt
-                .spawn(l.clone().campaign(self.client.clone(), key, me));
+                .spawn(l.clone().campaign(self.client.clone(), key, me, leases));
             l
         });
         l.holds()
@@ -443,8 +526,11 @@ impl Meta for Etcd {
 
 /// Renews a session's lease for the life of the process; if it expired anyway (etcd was out
 /// of reach longer than its TTL), registers the session again under a new one.
-async fn keep_session(mut client: Client, key: Vec<u8>, mut lease: i64) {
+async fn keep_session(mut client: Client, key: Vec<u8>, mut lease: i64, leases: Arc<Leases>) {
     loop {
+        if leases.stopping() {
+            return;
+        }
         let renewed = async {
             let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
             loop {
@@ -469,12 +555,21 @@ async fn keep_session(mut client: Client, key: Vec<u8>, mut lease: i64) {
             Ok::<i64, etcd_client::Error>(id)
         };
         match again.await {
-            Ok(id) => lease = id,
+            Ok(id) => {
+                leases.hold(id);
+                lease = id
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "registering the session failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.release_leases();
     }
 }
 

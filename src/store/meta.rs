@@ -80,6 +80,11 @@ pub trait Meta: Send + Sync {
         Ok(())
     }
 
+    /// How many sessions of other processes are alive (mounts elsewhere).
+    fn other_sessions(&self, _own: &[u8]) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Whether session `id` (of another process) is still alive. An engine only one process
     /// opens at a time has no other live sessions.
     fn session_alive(&self, _id: &[u8]) -> Result<bool> {
