@@ -51,20 +51,15 @@ fn a_mount_killed_during_load_leaves_the_other_working_and_every_event_lands_onc
     wait_for("b to see the notification", Duration::from_secs(10), || {
         b.path(".lunafs/notifications/q.toml").exists()
     });
-    let writer = {
-        let dir = b.path("q");
-        std::thread::spawn(move || {
-            for i in 0..300 {
-                fs::write(dir.join(format!("b{i:03}")), format!("{i}")).unwrap();
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    for i in 0..100 {
-        fs::write(a.path(&format!("q/a{i:03}")), format!("{i}")).unwrap();
-    }
+    // Writers are processes of their own: a descriptor open in this multi-threaded test
+    // process would be inherited by children other tests fork meanwhile, and a child's
+    // close makes an early Put held on the writing mount, which the mount that takes
+    // over knows nothing of (held Puts are per mount: see the README).
+    let mut writer = write_files(&b.path("q"), "b", 300, 0.02);
+    let mut a_writer = write_files(&a.path("q"), "a", 100, 0.0);
+    assert!(a_writer.wait().unwrap().success());
     a.kill9();
-    writer.join().unwrap();
+    assert!(writer.wait().unwrap().success());
     wait_for("b to take over", Duration::from_secs(30), || {
         b.stats()["leader"] == true
     });
@@ -100,6 +95,18 @@ fn a_mount_killed_during_load_leaves_the_other_working_and_every_event_lands_onc
     assert_eq!(fs::read_dir(a.path("q")).unwrap().count(), 400);
     drop((a, b));
     fsck_clean(&url);
+}
+
+/// A python3 process writing `n` files `PREFIXnnn` into `dir`, pausing `pause` s after each.
+fn write_files(dir: &std::path::Path, prefix: &str, n: u32, pause: f64) -> std::process::Child {
+    let script = format!(
+        "import os, time\nfor i in range({n}):\n    with open(os.path.join({dir:?}, '{prefix}%03d' % i), 'w') as f: f.write(str(i))\n    time.sleep({pause})\n",
+        dir = dir.display().to_string()
+    );
+    Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap()
 }
 
 #[test]
