@@ -104,6 +104,7 @@ osd objectstore = memstore
 memstore device bytes = ${LUNAFS_CLUSTER_OSD_BYTES:-2147483648}
 osd data = $dir/ceph/\$name
 mds data = $dir/ceph/\$name
+mgr data = $dir/ceph/\$name
 osd class load list = *
 osd class default list = *
 mon data = $dir/ceph/mon/\$name
@@ -112,6 +113,9 @@ EOF
   ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/ceph/monmap" >>"$dir/log/setup.log" 2>&1
   ceph-mon -c "$conf" -i a >>"$dir/log/setup.log" 2>&1
   wait_for "the Ceph monitor" 30 ceph -c "$conf" --connect-timeout 2 mon stat
+  # The manager gathers the space statistics (statfs of a lunafs mount, `ceph df`).
+  mkdir -p "$dir/ceph/mgr.x"
+  ceph-mgr -c "$conf" -i x >>"$dir/log/setup.log" 2>&1
   for i in $(seq 0 $((members - 1))); do
     ceph -c "$conf" osd create >>"$dir/log/setup.log" 2>&1
     mkdir -p "$dir/ceph/osd.$i"
@@ -121,6 +125,7 @@ EOF
   pool lunafs 32
   wait_for "the Ceph OSDs" 60 timeout 5 rados -c "$conf" -p lunafs put cluster-probe "$conf"
   rados -c "$conf" -p lunafs rm cluster-probe
+  wait_for "the Ceph space statistics" 60 sh -c "rados -c '$conf' df | grep -q 'total_space *[1-9]'"
   [ "$cephfs" = 0 ] || start_cephfs
 }
 

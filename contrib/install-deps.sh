@@ -10,7 +10,7 @@ PKGS=(
   nats-server                 # notification tests
   protobuf-compiler libprotobuf-dev   # etcd-client's gRPC code generation
   etcd-server etcd-client     # shared backend: metadata (tests start a private etcd)
-  ceph-mon ceph-osd ceph-common librados-dev python3-rados   # shared backend: data (RADOS)
+  ceph-mon ceph-mgr ceph-osd ceph-common librados-dev python3-rados   # shared backend: data (RADOS)
   ceph-mds ceph-fuse          # benchmarks (CephFS peer)
   bindfs fio                  # benchmarks (FUSE passthrough baseline, IOPS)
   systemd                     # systemd-analyze, to verify the unit file

@@ -1,8 +1,18 @@
-//! MD5 digests as lower-case hex: S3 eTags (core) and the `digest` module scripts use (lua).
-//! The one hashing helper, at the root so that both layers use it without reaching into
-//! each other.
+//! MD5 digests as lower-case hex: S3 eTags (core) and the `digest` module scripts use (lua);
+//! and random ids (store ids, session ids, object ids). The one hashing and randomness
+//! helper, at the root so that every layer uses it without reaching into another.
 
 use md5::{Digest, Md5};
+
+/// 8 random bytes from the kernel.
+pub fn random_bytes() -> crate::error::Result<[u8; 8]> {
+    use std::io::Read;
+    let mut buf = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| crate::error::Error::io("reading /dev/urandom", e))?;
+    Ok(buf)
+}
 
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {

@@ -40,16 +40,6 @@ use crate::error::{Error, Result};
 /// (package, version, module) of an installed Lua module.
 pub type PackageKey = (String, String, String);
 
-/// 16 hex digits from the kernel's random source.
-fn session_id() -> Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| Error::io("reading /dev/urandom", e))?;
-    Ok(crate::digest::hex(&buf).into_bytes())
-}
-
 /// The daemon's log when mounted in the background; the only file a fresh store directory
 /// may already hold.
 pub const LOG_FILE: &str = "lunafs.log";
@@ -83,7 +73,7 @@ impl Store {
             meta,
             data,
             path: path.to_owned(),
-            session: session_id()?,
+            session: crate::digest::hex(&crate::digest::random_bytes()?).into_bytes(),
         };
         store.check_schema()?;
         store.meta.register_session(&store.session)?;

@@ -138,15 +138,6 @@ fn inode_numbers_from_two_mounts_never_collide(shared: bool) {
     assert_clean(&fs);
 }
 
-const BUMP: &str = r#"
-function bump(input, output)
-  local ok, v = pcall(objclass.map_get_val, "n")
-  local n = ok and tonumber(v:str()) or 0
-  objclass.map_set_val("n", tostring(n + 1))
-end
-objclass.register(bump)
-"#;
-
 fn bump(c: &Core, ino: u64) {
     let target = Target {
         ino,
@@ -159,8 +150,8 @@ fn bump(c: &Core, ino: u64) {
         cause: None,
     };
     let code = Code::Inline {
-        script: BUMP.as_bytes(),
-        method: "bump",
+        script: common::INCR_CLASS.as_bytes(),
+        method: "incr",
     };
     let reply = c.call(&target, code, b"").unwrap();
     assert_eq!(reply.outcome.result, 0, "{:?}", reply.outcome.message);

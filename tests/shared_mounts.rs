@@ -42,6 +42,13 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 fn a_file_closed_on_one_mount_opens_with_that_content_on_the_other() {
     let (url, a, b) = two_mounts();
     fs::create_dir(a.path("photos")).unwrap();
+    // statfs reports the Ceph cluster's space (the OSD's memstore), not the local disk's.
+    let st = nix::sys::statvfs::statvfs(&a.mnt).unwrap();
+    let total = st.blocks() * st.fragment_size();
+    assert!(
+        total > 0 && total <= 4 << 30,
+        "{total} bytes: not the 2 GiB test OSD"
+    );
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
     fs::write(a.path("photos/big.bin"), &big).unwrap();
     assert!(fs::read(b.path("photos/big.bin")).unwrap() == big);
@@ -127,21 +134,12 @@ fn racing_exclusive_creates_and_mkdirs_of_one_name_have_one_winner() {
     fsck_clean(&url);
 }
 
-const COUNTER: &str = r#"
-function incr(input, output)
-  local ok, v = pcall(objclass.map_get_val, "n")
-  local n = ok and tonumber(v:str()) or 0
-  objclass.map_set_val("n", tostring(n + 1))
-end
-objclass.register(incr)
-"#;
-
 #[test]
 fn handler_calls_from_both_mounts_on_one_object_all_count() {
     let (url, a, b) = two_mounts();
     fs::create_dir(a.path("c")).unwrap();
     fs::write(a.path("c/obj"), b"").unwrap();
-    a.put_class("counter", COUNTER);
+    a.put_class("counter", common::INCR_CLASS);
     // The class was installed through a; b learns of it from the store's watch.
     eventually("the class", || {
         b.path(".lunafs/classes/counter.lua").exists()

@@ -197,7 +197,7 @@ impl Events {
         let store_id = match store.store_id()? {
             Some(id) => String::from_utf8_lossy(&id).into_owned(),
             None => {
-                let id = crate::digest::hex(&random_bytes()?);
+                let id = crate::digest::hex(&crate::digest::random_bytes()?);
                 let mut batch = store.batch();
                 batch.put_store_id(id.as_bytes());
                 batch.commit()?;
@@ -253,16 +253,6 @@ impl Events {
             w();
         }
     }
-}
-
-/// 8 random bytes from the kernel.
-fn random_bytes() -> Result<[u8; 8]> {
-    use std::io::Read;
-    let mut buf = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(|e| Error::io("reading /dev/urandom", e))?;
-    Ok(buf)
 }
 
 /// The event API the dispatcher uses.

@@ -243,11 +243,9 @@ impl Etcd {
         k
     }
 
-    /// One past every key of the family (`/` + 1 is `0`).
+    /// One past every key of the family.
     fn family_end(&self, cf: Cf) -> Vec<u8> {
-        let mut k = self.family(cf);
-        *k.last_mut().expect("a family prefix ends in /") = b'0';
-        k
+        past(self.family(cf))
     }
 
     /// Runs a read, again after any failure (a member down, a leader election) until the
@@ -290,6 +288,14 @@ impl Etcd {
             )),
         }
     }
+}
+
+/// One past every key under `prefix`, which ends in `/` (`/` + 1 is `0`).
+fn past(mut prefix: Vec<u8>) -> Vec<u8> {
+    if let Some(last) = prefix.last_mut() {
+        *last += 1;
+    }
+    prefix
 }
 
 fn hostname() -> String {
@@ -458,8 +464,7 @@ impl Meta for Etcd {
 
     fn other_sessions(&self, own: &[u8]) -> Result<usize> {
         let from = self.session_key(b"");
-        let mut to = from.clone();
-        *to.last_mut().expect("a session prefix ends in /") = b'0';
+        let to = past(from.clone());
         let own = self.session_key(own);
         let resp = self.read("sessions", |mut kv| {
             let (from, opts) = (

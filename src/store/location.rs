@@ -198,11 +198,14 @@ impl Store {
     /// Opens the store at `loc`. A shared filesystem must have been formatted; the embedded
     /// store is created on first open, as always.
     pub fn open_at(loc: &Location, access: &Access) -> Result<Store> {
-        let Some(cfg) = loc.etcd_config(access)? else {
-            let Location::Embedded(path) = loc else {
-                unreachable!()
-            };
+        if let Location::Embedded(path) = loc {
             return Store::open(path);
+        }
+        let Some(cfg) = loc.etcd_config(access)? else {
+            return Err(Error::Usage(format!(
+                "{}: not a shared store",
+                loc.describe()
+            )));
         };
         let etcd = Etcd::connect(&cfg)?;
         let url = match etcd.get(Cf::Meta, keys::META_DATA_URL)? {

@@ -312,6 +312,18 @@ impl TestFs {
     }
 }
 
+/// An object class whose `incr` method adds one to the object's omap value `n`: a read
+/// and a write of the omap that two racing callers would lose an update of if calls were not
+/// atomic.
+pub const INCR_CLASS: &str = r#"
+function incr(input, output)
+  local ok, v = pcall(objclass.map_get_val, "n")
+  local n = ok and tonumber(v:str()) or 0
+  objclass.map_set_val("n", tostring(n + 1))
+end
+objclass.register(incr)
+"#;
+
 /// What a handler call returned: result, output and (on failure) message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Called {

@@ -58,13 +58,9 @@ fn object(ino: Ino, index: u64, id: u64) -> String {
 
 impl Slices {
     pub fn new(pool: Pool) -> Result<Slices> {
-        let mut seed = [0u8; 8];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
-            .map_err(|e| Error::io("reading /dev/urandom", e))?;
         Ok(Slices {
             pool,
-            next_id: AtomicU64::new(u64::from_be_bytes(seed)),
+            next_id: AtomicU64::new(u64::from_be_bytes(crate::digest::random_bytes()?)),
         })
     }
 
