@@ -39,7 +39,8 @@ impl Core {
     /// Stores (Some) or deletes (None) `key`.
     pub fn global_set(&self, key: &str, value: Option<GlobalValue>) -> Result<()> {
         let mut count = self.global.0.lock();
-        self.global_write(&mut count, key, value, None)
+        let existed = self.store.global_get(key)?.is_some();
+        self.global_write(&mut count, key, value, None, existed)
     }
 
     /// Adds `delta` to the number at `key` (absent is 0); integers stay integers while the
@@ -48,6 +49,9 @@ impl Core {
         let mut count = self.global.0.lock();
         // The read is checked at the commit: increments from several mounts all count.
         self.transact("RGW.increment", || {
+            // Counted before the read, so that another mount's increment has as little time
+            // as can be to land between the read and the commit.
+            self.global_count(&mut count)?;
             let (old, version) = self.store.global_versioned(key)?;
             let new = match old {
                 None if delta.fract() == 0.0 => GlobalValue::Int(delta as i64),
@@ -63,18 +67,31 @@ impl Core {
                     )))
                 }
             };
-            self.global_write(&mut count, key, Some(new.clone()), Some(version))?;
+            let existed = old.is_some();
+            self.global_write(&mut count, key, Some(new.clone()), Some(version), existed)?;
             Ok(new)
         })
     }
 
-    /// Writes `key`; with `checked`, only if the key still has that version.
+    /// The table's entry count, counted once and then kept.
+    fn global_count(&self, count: &mut Option<usize>) -> Result<usize> {
+        if let Some(n) = *count {
+            return Ok(n);
+        }
+        let n = self.store.global_entries()?.len();
+        *count = Some(n);
+        Ok(n)
+    }
+
+    /// Writes `key` (which `existed` or not); with `checked`, only if the key still has that
+    /// version.
     fn global_write(
         &self,
         count: &mut Option<usize>,
         key: &str,
         value: Option<GlobalValue>,
         checked: Option<Version>,
+        existed: bool,
     ) -> Result<()> {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(Error::InvalidArgument(format!(
@@ -89,11 +106,7 @@ impl Core {
                 )));
             }
         }
-        let n = match *count {
-            Some(n) => n,
-            None => self.store.global_entries()?.len(),
-        };
-        let existed = self.store.global_get(key)?.is_some();
+        let n = self.global_count(count)?;
         let mut batch = self.store.batch();
         if let Some(version) = checked {
             batch.check_global(key, version);
