@@ -9,6 +9,7 @@
 //! operation depended on, and `transact` runs the operation again. `core` knows no FUSE
 //! types (the adapter in `fs` converts) and is tested on a temp-dir store without a kernel.
 
+mod buffer;
 pub mod call;
 pub mod ceph;
 pub mod class;
@@ -48,8 +49,11 @@ pub const FIRST_VIRTUAL_INO: Ino = 1 << 62;
 /// Inode numbers are reserved this many at a time (one small meta write per block).
 const INO_BLOCK: u64 = 4096;
 
-/// How many times an operation runs before a conflict with other mounts is given up on.
-const ATTEMPTS: u32 = 16;
+/// How many times an operation runs before a conflict with other mounts is given up on. A
+/// mount hammering one object from a tight loop wins most races against another one doing
+/// the same (its reads come from memory): the loser needs many attempts, spread by the
+/// backoff over up to about 4 s.
+const ATTEMPTS: u32 = 64;
 
 /// Who is asking: the caller's credentials, for ownership of what it creates.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +96,8 @@ pub struct Core {
     /// Notification settings and event queueing.
     events: events::Events,
     global: global::Global,
+    /// Writes held before they are stored, on stores that want it.
+    buffers: buffer::Buffers,
 }
 
 /// Operations of this process that ran again because another mount changed what they read.
@@ -154,6 +160,7 @@ impl Core {
         migrate::run(&store)?;
         let events = events::Events::open(&store)?;
         Ok(Core {
+            buffers: buffer::Buffers::new(store.write_back()),
             events,
             global: global::Global::default(),
             store,
@@ -189,15 +196,31 @@ impl Core {
         (self.store.backend(), ok, took)
     }
 
+    /// Requests this process sent to the metadata engine's servers (0 on the embedded store).
+    pub fn backend_requests(&self) -> u64 {
+        self.store.backend_requests()
+    }
+
     /// The store's size on disk, roughly.
     pub fn store_bytes(&self) -> u64 {
         self.store.approximate_size()
     }
 
+    /// The inode, with this mount's writes not yet stored.
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
-        self.store
-            .inode(ino)?
-            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
+        self.as_seen_here(ino, self.store.inode(ino)?)
+    }
+
+    /// The inode as another mount may just have left it (an open: close-to-open).
+    pub fn revalidate(&self, ino: Ino) -> Result<Inode> {
+        self.as_seen_here(ino, self.store.inode_latest(ino)?)
+    }
+
+    /// `ino` as read, with this mount's writes not yet stored; ENOENT if there is none.
+    fn as_seen_here(&self, ino: Ino, read: Option<Inode>) -> Result<Inode> {
+        let mut inode = read.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
+        self.buffers.overlay(&mut inode);
+        Ok(inode)
     }
 
     /// A never-used inode number.
@@ -219,7 +242,10 @@ impl Core {
     /// `ATTEMPTS`. Only a store shared by several mounts ever conflicts.
     fn transact<T>(&self, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         for attempt in 0..ATTEMPTS {
-            match op() {
+            let attempt_of = self.store.operation();
+            let done = op();
+            drop(attempt_of);
+            match done {
                 Err(Error::Conflict) => {
                     CONFLICTS_RETRIED.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(backoff(attempt))
@@ -292,6 +318,7 @@ impl Core {
 
     /// fsync/fdatasync: every change committed so far survives power loss once this returns.
     pub fn sync(&self) -> Result<()> {
+        self.store_all_held()?;
         self.store.sync()
     }
 
@@ -311,6 +338,7 @@ impl Core {
 
     /// Clean shutdown: flush memtables so the next open has no WAL to replay.
     pub fn shutdown(&self) -> Result<()> {
+        self.store_all_held()?;
         self.store.sync()?;
         self.store.flush()
     }

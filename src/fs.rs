@@ -146,6 +146,7 @@ impl LunaFs {
                 ("store", json_str(&core.store_path().display().to_string())),
                 ("backend", json_str(&backend)),
                 ("backend_answers", answers.to_string()),
+                ("backend_requests", core.backend_requests().to_string()),
                 (
                     "backend_read_ms",
                     format!("{:.3}", took.as_secs_f64() * 1e3),
@@ -550,7 +551,7 @@ impl fuser::Filesystem for LunaFs {
             if Control::owns(ino.0) {
                 return Ok((self.open_control(ino.0, flags)?, control_flags()));
             }
-            let inode = self.core.getattr(ino.0)?;
+            let inode = self.core.revalidate(ino.0)?;
             if inode.kind == Kind::Dir {
                 return Err(Error::IsDir(format!("inode {}", ino.0)));
             }

@@ -44,6 +44,18 @@ pub type PackageKey = (String, String, String);
 /// may already hold.
 pub const LOG_FILE: &str = "lunafs.log";
 
+/// An operation's attempt running on this thread; ends when dropped.
+pub struct Operation<'a> {
+    meta: &'a dyn Meta,
+    id: u64,
+}
+
+impl Drop for Operation<'_> {
+    fn drop(&mut self) {
+        self.meta.end_operation(self.id);
+    }
+}
+
 pub struct Store {
     meta: Box<dyn Meta>,
     data: Box<dyn Data>,
@@ -111,6 +123,19 @@ impl Store {
         Batch::new(self, self.meta.writes())
     }
 
+    /// A batch apart from the operation running on this thread (see `Meta::writes_apart`).
+    pub fn batch_apart(&self) -> Batch<'_> {
+        Batch::new(self, self.meta.writes_apart())
+    }
+
+    /// One attempt of an operation, until the guard is dropped (see `Meta::begin_operation`).
+    pub fn operation(&self) -> Operation<'_> {
+        Operation {
+            meta: &*self.meta,
+            id: self.meta.begin_operation(),
+        }
+    }
+
     pub(crate) fn meta(&self) -> &dyn Meta {
         &*self.meta
     }
@@ -131,6 +156,15 @@ impl Store {
     pub fn inode_versioned(&self, ino: Ino) -> Result<Option<(Inode, Version)>> {
         match self.meta.get(Cf::Inodes, &keys::inode(ino))? {
             Some((v, version)) => Ok(Some((Inode::decode(ino, &v)?, version))),
+            None => Ok(None),
+        }
+    }
+
+    /// The inode as last committed by any mount; afterwards, reads of what it owns are at
+    /// least as new (see `Meta::get_latest`).
+    pub fn inode_latest(&self, ino: Ino) -> Result<Option<Inode>> {
+        match self.meta.get_latest(Cf::Inodes, &keys::inode(ino))? {
+            Some((v, _)) => Ok(Some(Inode::decode(ino, &v)?)),
             None => Ok(None),
         }
     }
@@ -507,8 +541,14 @@ impl Store {
     /// Whether the metadata engine answers now, and how long one read took.
     pub fn health(&self) -> (bool, std::time::Duration) {
         let start = std::time::Instant::now();
-        let ok = self.meta.get(Cf::Meta, keys::META_SCHEMA).is_ok();
+        // Past any cache: the engine itself must answer.
+        let ok = self.meta.get_latest(Cf::Meta, keys::META_SCHEMA).is_ok();
         (ok, start.elapsed())
+    }
+
+    /// Requests sent to the metadata engine's servers so far (`Meta::requests`).
+    pub fn backend_requests(&self) -> u64 {
+        self.meta.requests()
     }
 
     /// Deletes stored data nothing references and older than `grace` (`Data::collect`).
@@ -528,6 +568,11 @@ impl Store {
 
     /// Total, free and available bytes where the data lives: the data engine's cluster, or
     /// for inline data the filesystem holding the store's directory.
+    /// Bytes of one file's writes to hold before storing them (see `Data::write_back`).
+    pub fn write_back(&self) -> usize {
+        self.data.write_back()
+    }
+
     pub fn capacity(&self) -> Result<data::Capacity> {
         match self.data.capacity() {
             Some(c) => c,

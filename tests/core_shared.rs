@@ -57,12 +57,29 @@ impl Fs {
 }
 
 /// Two mounts of one new filesystem with a bucket `b`; returns them and the bucket.
+/// Both follow the other's changes as a mount does, so on etcd their reads go through the
+/// cache the watch keeps (and the races below run against it).
 fn two_mounts(shared: bool) -> (Fs, Arc<Core>, Arc<Core>, u64) {
     let fs = Fs::new(shared);
-    let a = Arc::new(Core::with_store(fs.store(), (0, 0)).unwrap());
-    let b = Arc::new(Core::with_store(fs.store(), (0, 0)).unwrap());
+    let a = mount(&fs);
+    let b = mount(&fs);
     let bucket = a.mkdir(CTX, ROOT, &n("b"), 0o755).unwrap().ino;
     (fs, a, b, bucket)
+}
+
+fn mount(fs: &Fs) -> Arc<Core> {
+    let c = Arc::new(Core::with_store(fs.store(), (0, 0)).unwrap());
+    c.follow_other_mounts(Arc::new(|_| {})).unwrap();
+    c
+}
+
+/// Waits (at most 10 s) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed().as_secs() < 10, "{what}: not within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Each test body, once per engine: `NAME::memory` and `NAME::shared`.
@@ -214,9 +231,14 @@ fn data_written_on_one_mount_reads_back_on_the_other(shared: bool) {
     let f = a.create(CTX, bucket, &n("data"), 0o644).unwrap().ino;
     // Past several chunks of either engine, then overwrites inside, a hole and a cut.
     let big: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    // Each mount closes the file after writing (close-to-open: a mount may hold its writes
+    // until then).
     a.write(f, 0, &big).unwrap();
+    a.flush_write(f, 0).unwrap();
     b.write(f, 4_000_000, b"middle").unwrap();
+    b.flush_write(f, 0).unwrap();
     a.write(f, 12_000_000, b"after a hole").unwrap();
+    a.flush_write(f, 0).unwrap();
     b.setattr(
         f,
         &lunafs::core::object::SetAttr {
@@ -230,6 +252,7 @@ fn data_written_on_one_mount_reads_back_on_the_other(shared: bool) {
     want.resize(12_000_000, 0);
     want.extend_from_slice(b"afte");
     for c in [&a, &b] {
+        c.revalidate(f).unwrap(); // an open
         let mut got = Vec::new();
         while got.len() < want.len() {
             let part = c.read(f, got.len() as u64, 1 << 20).unwrap();
@@ -241,7 +264,9 @@ fn data_written_on_one_mount_reads_back_on_the_other(shared: bool) {
     // Many small writes into one chunk: its slice list is compacted, the bytes stay.
     for i in 0..40u64 {
         a.write(f, i * 1000, format!("w{i:03}").as_bytes()).unwrap();
+        a.flush_write(f, 0).unwrap();
     }
+    b.revalidate(f).unwrap(); // b opens it
     let head = b.read(f, 0, 40_000).unwrap();
     for i in 0..40usize {
         assert_eq!(&head[i * 1000..i * 1000 + 4], format!("w{i:03}").as_bytes());
@@ -300,5 +325,93 @@ fn the_collector_removes_only_objects_no_file_references() {
         got.extend(a.read(f, got.len() as u64, 1 << 20).unwrap());
     }
     assert!(got == want, "the file's bytes survived the collection");
+    assert_clean(&fs);
+}
+
+#[test]
+fn reads_again_are_answered_from_memory_and_changes_elsewhere_reach_it() {
+    let (fs, a, b, bucket) = two_mounts(true);
+    let f = a.create(CTX, bucket, &n("f"), 0o644).unwrap().ino;
+    eventually("the watch of b is live", || {
+        b.getattr(f).unwrap();
+        let before = b.backend_requests();
+        b.getattr(f).unwrap();
+        b.backend_requests() == before
+    });
+    let before = b.backend_requests();
+    for _ in 0..100 {
+        assert_eq!(b.getattr(f).unwrap().perm, 0o644);
+        assert_eq!(b.lookup(bucket, &n("f")).unwrap().ino, f);
+    }
+    assert!(
+        b.backend_requests() - before < 5,
+        "200 reads of 2 unchanged keys sent {} requests",
+        b.backend_requests() - before
+    );
+    let chmod = lunafs::core::object::SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    a.setattr(f, &chmod).unwrap();
+    eventually("b sees the chmod", || b.getattr(f).unwrap().perm == 0o600);
+    // An open asks etcd itself: it sees a change at once, and what the file owns with it.
+    a.write(f, 0, b"closed on a").unwrap();
+    a.flush_write(f, 0).unwrap();
+    assert_eq!(b.revalidate(f).unwrap().size, 11);
+    assert_eq!(b.read(f, 0, 100).unwrap(), b"closed on a");
+    // A commit on b whose cached read the watch has not caught up with yet conflicts and
+    // runs again: b's chmod lands on the file as a left it, nothing of a's is lost.
+    a.setattr(
+        f,
+        &lunafs::core::object::SetAttr {
+            size: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    b.setattr(f, &chmod).unwrap();
+    assert_eq!(a.revalidate(f).unwrap().size, 4);
+    drop((a, b));
+    assert_clean(&fs);
+}
+
+#[test]
+fn writes_are_held_until_close_then_stored_in_few_commits() {
+    let (fs, a, b, bucket) = two_mounts(true);
+    let f = a.create(CTX, bucket, &n("f"), 0o644).unwrap().ino;
+    let before = a.backend_requests();
+    let block: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    for i in 0..256u64 {
+        a.write(f, i * 4096, &block).unwrap();
+    }
+    // This mount sees its writes: size, content, and after a cut, the cut.
+    assert_eq!(a.getattr(f).unwrap().size, 1 << 20);
+    assert_eq!(a.read(f, 4096 * 7, 4096).unwrap(), block);
+    assert_eq!(b.revalidate(f).unwrap().size, 0, "not closed yet");
+    a.setattr(
+        f,
+        &lunafs::core::object::SetAttr {
+            size: Some(10_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    a.write(f, 20_000, b"tail").unwrap();
+    assert_eq!(a.getattr(f).unwrap().size, 20_004);
+    a.flush_write(f, 0).unwrap();
+    let sent = a.backend_requests() - before;
+    assert!(sent < 40, "256 writes and a truncate sent {sent} requests");
+    let mut want = block.repeat(3);
+    want.truncate(10_000);
+    want.resize(20_000, 0);
+    want.extend_from_slice(b"tail");
+    assert_eq!(b.revalidate(f).unwrap().size, 20_004);
+    assert_eq!(b.read(f, 0, 30_000).unwrap(), want);
+    // fsync stores them too, without a close.
+    a.write(f, 0, b"synced").unwrap();
+    a.sync().unwrap();
+    assert_eq!(b.revalidate(f).unwrap().size, 20_004);
+    assert_eq!(b.read(f, 0, 6).unwrap(), b"synced");
+    drop((a, b));
     assert_clean(&fs);
 }

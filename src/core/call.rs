@@ -153,6 +153,7 @@ impl Core {
         // Only the object: a long handler must not hold up its directory (creates, renames
         // of its neighbours). A commit that unlinks takes the directory's lock too, below.
         let held = self.locks.lock(&[target.ino]);
+        self.store_held(target.ino)?; // the handler sees and changes what was written
         let (inode, version) = self
             .store
             .inode_versioned(target.ino)?

@@ -60,7 +60,8 @@ impl Counter {
             if below >= self.limit {
                 return Err(Error::Corrupt(format!("{} exhausted", self.what)));
             }
-            let mut batch = store.batch();
+            // Apart from the operation that needs the number: it checks only the record.
+            let mut batch = store.batch_apart();
             batch.check_counter(self.key, version);
             batch.put_reserved(self.key, below);
             match batch.commit() {

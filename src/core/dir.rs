@@ -70,7 +70,8 @@ impl Core {
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Inode> {
         loop {
             let d = self.entry(parent, name)?;
-            if let Some(inode) = self.store.inode(d.ino)? {
+            if let Some(mut inode) = self.store.inode(d.ino)? {
+                self.buffers.overlay(&mut inode);
                 return Ok(inode);
             }
             // Unlinked between the two reads: look again. A dentry that stays without its
@@ -246,7 +247,9 @@ impl Core {
             )));
         }
         let _held = self.locks.lock(&[ino, newparent]);
-        self.transact("link", || self.link_txn(ino, newparent, newname))
+        let mut inode = self.transact("link", || self.link_txn(ino, newparent, newname))?;
+        self.buffers.overlay(&mut inode);
+        Ok(inode)
     }
 
     /// `link`'s transaction, under the locks of both inodes.

@@ -31,6 +31,7 @@ pub struct SetAttr {
 impl Core {
     pub fn setattr(&self, ino: Ino, change: &SetAttr) -> Result<Inode> {
         let _held = self.locks.lock(&[ino]);
+        self.store_held(ino)?;
         self.transact("setattr", || {
             let mut txn = self.txn();
             let mut inode = txn.get(ino)?.clone();
@@ -83,6 +84,11 @@ impl Core {
     /// Writes `data` at `offset`, returning the number of bytes written.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         let _held = self.locks.lock(&[ino]);
+        if self.buffers.on() {
+            self.hold_write(ino, offset, data)?;
+            self.note_write(ino, offset, data);
+            return Ok(data.len());
+        }
         self.transact("write", || {
             let mut txn = self.txn();
             let inode = txn.modify(ino)?;
@@ -115,7 +121,7 @@ impl Core {
             return Ok(Vec::new());
         }
         let end = inode.size.min(offset + len as u64);
-        let out = self.store.read(ino, offset, end)?;
+        let out = self.read_held(ino, offset, end)?;
         self.touch_atime(&inode)?;
         Ok(out)
     }
@@ -148,6 +154,7 @@ impl Core {
     /// as zeros (it is a hole: lunafs stores no zero chunks).
     pub fn allocate(&self, ino: Ino, size: u64) -> Result<()> {
         let _held = self.locks.lock(&[ino]);
+        self.store_held(ino)?;
         self.transact("fallocate", || {
             let mut txn = self.txn();
             let inode = txn.get(ino)?;

@@ -55,6 +55,12 @@ pub trait Data: Send + Sync {
     /// The engine, as users name it (`inline`, `rados://POOL`).
     fn describe(&self) -> String;
 
+    /// Bytes of writes to one file worth holding in memory and storing as one change (see
+    /// `core::buffer`); 0: store each write at once.
+    fn write_back(&self) -> usize {
+        0
+    }
+
     /// The space of the cluster holding the data; None: the store directory's filesystem.
     fn capacity(&self) -> Option<Result<Capacity>> {
         None

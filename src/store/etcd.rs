@@ -9,6 +9,12 @@
 //! Calls come from FUSE threads, which are not async: each blocks on a runtime owned by this
 //! engine, and waits at most `timeout` (then EIO with a message naming etcd): a lost etcd
 //! never hangs the kernel.
+//!
+//! Once the store is watched (a mount), point reads go through a cache the watch keeps
+//! current (`cache.rs`); a commit also compares the versions of every cached value its thread
+//! was served, so a value the watch had not yet updated makes a conflict, never a lost update.
+
+mod cache;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -62,6 +68,9 @@ pub struct Etcd {
     /// The leases this process holds (session, leadership), revoked at a clean shutdown so
     /// that other mounts see it gone at once; set then, it stops their renewal tasks.
     leases: Arc<Leases>,
+    cache: Arc<cache::Cache>,
+    /// Requests sent (`Meta::requests`).
+    requests: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -84,6 +93,9 @@ impl Leases {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+/// The longest wait for the watch to deliver a revision a fresh read saw.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// The longest wait for one lease revocation at shutdown.
 const REVOKE_WAIT: Duration = Duration::from_secs(1);
@@ -192,6 +204,8 @@ impl Etcd {
             own: Arc::default(),
             leadership: Default::default(),
             leases: Arc::default(),
+            cache: Arc::new(cache::Cache::new()),
+            requests: Default::default(),
         };
         // The client connects lazily: a first read says whether anyone answers.
         etcd.get(Cf::Meta, b"")?;
@@ -248,6 +262,30 @@ impl Etcd {
         past(self.family(cf))
     }
 
+    fn batch(&self, scope: cache::Scope) -> Box<dyn Writes + '_> {
+        Box::new(EtcdWrites {
+            etcd: self,
+            ops: Vec::new(),
+            checks: BTreeMap::new(),
+            batch: self.cache.open(scope),
+        })
+    }
+
+    /// Reads `key` from etcd (not the cache), and caches what it found.
+    fn fetch(&self, key: &[u8]) -> Result<cache::Found> {
+        let resp = self.read("get", |mut kv| {
+            let key = key.to_vec();
+            async move { kv.get(key, None).await }
+        })?;
+        let found = resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+        self.cache
+            .learn(key, found.clone(), revision(resp.header()));
+        Ok(found)
+    }
+
     /// Runs a read, again after any failure (a member down, a leader election) until the
     /// timeout: reads change nothing, so repeating one is always safe. Writes are not
     /// repeated (`run`): a commit whose answer was lost may have happened.
@@ -276,11 +314,16 @@ impl Etcd {
         what: &str,
         f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
     ) -> Result<T> {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self
             .rt
             .block_on(async { tokio::time::timeout(self.timeout, f).await })
         {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                self.cache.heard();
+                Ok(v)
+            }
             Ok(Err(e)) => Err(Error::Backend(format!("{} ({what}): {e}", self.describe))),
             Err(_) => Err(unreachable(
                 &format!("{} ({what})", self.describe),
@@ -288,6 +331,11 @@ impl Etcd {
             )),
         }
     }
+}
+
+/// The revision a response is true as of.
+fn revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {
+    header.map_or(0, |h| h.revision())
 }
 
 /// One past every key under `prefix`, which ends in `/` (`/` + 1 is `0`).
@@ -336,32 +384,50 @@ fn connect_options(cfg: &EtcdConfig) -> Result<ConnectOptions> {
 impl Meta for Etcd {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
         let k = self.key(cf, key);
-        let resp = self.read("get", |mut kv| {
-            let k = k.clone();
-            async move { kv.get(k, None).await }
-        })?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision() as Version)))
+        let found = match self.cache.hit(&k) {
+            Some(found) => found,
+            None => self.fetch(&k)?,
+        };
+        Ok(found.map(|(v, r)| (v, r as Version)))
+    }
+
+    fn get_latest(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
+        let found = self.fetch(&self.key(cf, key))?;
+        // Everything the key's owner changed with it is at or before its revision: once the
+        // watch is there, cached reads of those keys are at least as new.
+        if let Some((_, rev)) = &found {
+            self.cache.catch_up(*rev, self.timeout.min(CATCH_UP_WAIT));
+        }
+        Ok(found.map(|(v, r)| (v, r as Version)))
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]], each: &mut Found<'_>) -> Result<()> {
-        for (n, group) in keys.chunks(GETS_PER_TXN).enumerate() {
+        let full: Vec<Vec<u8>> = keys.iter().map(|k| self.key(cf, k)).collect();
+        let mut missed = Vec::new();
+        for (i, k) in full.iter().enumerate() {
+            match self.cache.hit(k) {
+                Some(found) => each(i, found.as_ref().map(|(v, _)| v.as_slice()))?,
+                None => missed.push(i),
+            }
+        }
+        for group in missed.chunks(GETS_PER_TXN) {
             let ops: Vec<TxnOp> = group
                 .iter()
-                .map(|k| TxnOp::get(self.key(cf, k), None))
+                .map(|&i| TxnOp::get(full[i].clone(), None))
                 .collect();
             let resp = self.read("multi-get", |mut kv| {
                 let txn = Txn::new().and_then(ops.clone());
                 async move { kv.txn(txn).await }
             })?;
-            for (i, op) in resp.op_responses().into_iter().enumerate() {
-                let value = match &op {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value()),
+            let rev = revision(resp.header());
+            for (&i, op) in group.iter().zip(resp.op_responses()) {
+                let kv = match &op {
+                    TxnOpResponse::Get(g) => g.kvs().first(),
                     _ => None,
                 };
-                each(n * GETS_PER_TXN + i, value)?;
+                each(i, kv.map(|kv| kv.value()))?;
+                let found = kv.map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+                self.cache.learn(&full[i], found, rev);
             }
         }
         Ok(())
@@ -413,11 +479,19 @@ impl Meta for Etcd {
     }
 
     fn writes(&self) -> Box<dyn Writes + '_> {
-        Box::new(EtcdWrites {
-            etcd: self,
-            ops: Vec::new(),
-            checks: BTreeMap::new(),
-        })
+        self.batch(cache::Scope::Batch)
+    }
+
+    fn writes_apart(&self) -> Box<dyn Writes + '_> {
+        self.batch(cache::Scope::Apart)
+    }
+
+    fn begin_operation(&self) -> u64 {
+        self.cache.open(cache::Scope::Operation)
+    }
+
+    fn end_operation(&self, operation: u64) {
+        self.cache.close(operation);
     }
 
     fn sync(&self) -> Result<()> {
@@ -438,6 +512,10 @@ impl Meta for Etcd {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn register_session(&self, id: &[u8]) -> Result<()> {
@@ -522,6 +600,7 @@ impl Meta for Etcd {
             client: self.client.clone(),
             prefix: self.prefix.clone(),
             own: self.own.clone(),
+            cache: self.cache.clone(),
             tx,
         };
         self.rt.spawn(watcher.run(from));
@@ -579,18 +658,26 @@ impl Drop for Etcd {
 }
 
 /// Follows every change under the filesystem's prefix, from a revision on, across
-/// reconnections; tells the watch thread of those other processes made.
+/// reconnections: keeps the cache current, and tells the watch thread of the changes other
+/// processes made.
 struct Watcher {
     client: Client,
     prefix: Vec<u8>,
     own: Arc<Mutex<BTreeSet<i64>>>,
+    cache: Arc<cache::Cache>,
     tx: mpsc::Sender<Option<(Cf, Vec<u8>)>>,
 }
+
+/// How often the watch asks etcd how far it is: the answer tells the cache that it is caught
+/// up, and that etcd is still there when nothing changes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 impl Watcher {
     async fn run(self, mut from: i64) {
         loop {
-            match self.follow(&mut from).await {
+            let followed = self.follow(&mut from).await;
+            self.cache.lost();
+            match followed {
                 Ok(()) => return, // the watch thread is gone: the store was dropped
                 Err(e) => {
                     tracing::warn!(error = %e, "etcd watch lost; resuming in 1 s");
@@ -604,36 +691,75 @@ impl Watcher {
     async fn follow(&self, from: &mut i64) -> std::result::Result<(), String> {
         let opts = WatchOptions::new().with_prefix().with_start_revision(*from);
         let mut client = self.client.clone();
-        let mut stream = client
+        let (mut asks, mut stream) = client
             .watch(self.prefix.clone(), Some(opts))
             .await
-            .map_err(|e| e.to_string())?;
-        while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
+            .map_err(|e| e.to_string())?
+            .split();
+        self.cache.connected(*from);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = tick.tick() => {
+                    asks.request_progress().await.map_err(|e| e.to_string())?;
+                    continue;
+                }
+            };
+            let Some(resp) = message.map_err(|e| e.to_string())? else {
+                return Err("watch stream ended".into());
+            };
+            self.cache.heard();
             if resp.canceled() {
                 // Compacted past where we were: what happened in between is unknown.
                 if resp.compact_revision() > 0 {
                     *from = resp.compact_revision();
+                    self.cache.clear();
                     if self.tx.send(None).is_err() {
                         return Ok(());
                     }
                 }
                 return Err(format!("watch canceled: {}", resp.cancel_reason()));
             }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let rev = kv.mod_revision();
-                *from = rev + 1;
-                if self.is_own(rev) {
-                    continue;
+            if resp.events().is_empty() {
+                if !resp.created() {
+                    // A progress report: every change up to its revision was delivered.
+                    self.cache.synced();
                 }
-                if let Some(change) = self.decode(kv.key()) {
-                    if self.tx.send(Some(change)).is_err() {
-                        return Ok(());
-                    }
+                continue;
+            }
+            if !self.deliver(resp.events(), from) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies changes to the cache and passes on other processes' ones; false when nobody
+    /// listens any more.
+    fn deliver(&self, events: &[etcd_client::Event], from: &mut i64) -> bool {
+        let kvs = || events.iter().filter_map(|e| Some((e, e.kv()?)));
+        self.cache.learn_all(kvs().map(|(event, kv)| {
+            let rev = kv.mod_revision();
+            let found = match event.event_type() {
+                etcd_client::EventType::Put => Some((kv.value().to_vec(), rev)),
+                etcd_client::EventType::Delete => None,
+            };
+            (kv.key(), found, rev)
+        }));
+        for (_, kv) in kvs() {
+            let rev = kv.mod_revision();
+            *from = rev + 1;
+            if self.is_own(rev) {
+                continue;
+            }
+            if let Some(change) = self.decode(kv.key()) {
+                if self.tx.send(Some(change)).is_err() {
+                    return false;
                 }
             }
         }
-        Err("watch stream ended".into())
+        self.cache.watched(*from - 1);
+        true
     }
 
     /// Whether revision `rev` is one of our own commits (forgetting those before it).
@@ -659,10 +785,25 @@ enum Op {
     DeleteRange(Vec<u8>, Vec<u8>),
 }
 
+impl Op {
+    fn txn(&self) -> TxnOp {
+        match self {
+            Op::Put(k, v) => TxnOp::put(k.clone(), v.clone(), None),
+            Op::Delete(k) => TxnOp::delete(k.clone(), None),
+            Op::DeleteRange(from, to) => TxnOp::delete(
+                from.clone(),
+                Some(DeleteOptions::new().with_range(to.clone())),
+            ),
+        }
+    }
+}
+
 struct EtcdWrites<'a> {
     etcd: &'a Etcd,
     ops: Vec<Op>,
     checks: BTreeMap<Vec<u8>, Version>,
+    /// This batch in the cache: which cached values its thread was served meanwhile.
+    batch: u64,
 }
 
 impl Writes for EtcdWrites<'_> {
@@ -686,34 +827,108 @@ impl Writes for EtcdWrites<'_> {
         self.checks.insert(self.etcd.key(cf, key), version);
     }
 
-    fn commit(self: Box<Self>) -> Result<Outcome> {
+    fn commit(mut self: Box<Self>) -> Result<Outcome> {
+        let cache = &self.etcd.cache;
+        // Cached values read meanwhile are checked too: one the watch had not yet updated
+        // makes a conflict rather than a write based on it.
+        for (k, v) in cache.served(self.batch) {
+            self.checks.entry(k).or_insert(v as Version);
+        }
         let compares: Vec<Compare> = self
             .checks
             .iter()
             .map(|(k, &v)| Compare::mod_revision(k.clone(), CompareOp::Equal, v as i64))
             .collect();
-        let ops = reduce(self.ops);
+        let ops = reduce(std::mem::take(&mut self.ops));
         if ops.is_empty() && compares.is_empty() {
             return Ok(Outcome::Done);
         }
-        let writes = !ops.is_empty();
         let mut kv = self.etcd.kv();
-        let txn = Txn::new().when(compares).and_then(ops);
-        let resp = self.etcd.run("commit", kv.txn(txn))?;
+        // A failed check answers with what the checked keys hold now: the cache takes it, so
+        // the operation's next attempt reads it at once (waiting for the watch, it would read
+        // late and be likelier to lose the race again).
+        let now: Vec<TxnOp> = self
+            .checks
+            .keys()
+            .map(|k| TxnOp::get(k.clone(), None))
+            .collect();
+        let txn = Txn::new()
+            .when(compares)
+            .and_then(ops.iter().map(Op::txn).collect::<Vec<_>>())
+            .or_else(now);
+        let resp = match self.etcd.run("commit", kv.txn(txn)) {
+            Ok(resp) => resp,
+            Err(e) => {
+                // It may have happened or not: the watch will tell.
+                forget(cache, &ops);
+                return Err(e);
+            }
+        };
+        let rev = revision(resp.header());
         if !resp.succeeded() {
+            let found: Vec<cache::Found> = resp
+                .op_responses()
+                .into_iter()
+                .map(|op| match op {
+                    TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                    _ => None,
+                })
+                .collect();
+            let keys = self.checks.keys().map(Vec::as_slice);
+            cache.learn_all(keys.zip(found).map(|(k, f)| (k, f, rev)));
             return Ok(Outcome::Conflict);
         }
         // A commit that writes nothing makes no revision of its own.
-        if let Some(h) = resp.header().filter(|_| writes) {
-            self.etcd.own.lock().insert(h.revision());
+        if !ops.is_empty() {
+            self.etcd.own.lock().insert(rev);
+            remember(cache, &ops, rev);
         }
         Ok(Outcome::Done)
     }
 }
 
+impl Drop for EtcdWrites<'_> {
+    fn drop(&mut self) {
+        self.etcd.cache.close(self.batch);
+    }
+}
+
+/// Caches what a commit at `rev` wrote, and tells the thread's open scopes.
+fn remember(cache: &cache::Cache, ops: &[Op], rev: i64) {
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                cache.learn(k, Some((v.clone(), rev)), rev);
+                cache.wrote(k, rev);
+            }
+            Op::Delete(k) => {
+                cache.learn(k, None, rev);
+                cache.wrote(k, 0);
+            }
+            Op::DeleteRange(from, to) => {
+                cache.forget_range(from, to, rev);
+                cache.wrote_range(from, to);
+            }
+        }
+    }
+}
+
+/// Drops what a commit of unknown outcome wrote.
+fn forget(cache: &cache::Cache, ops: &[Op]) {
+    for op in ops {
+        match op {
+            Op::Put(k, _) | Op::Delete(k) => cache.forget(k),
+            Op::DeleteRange(from, to) => cache.forget_range(from, to, 0),
+        }
+    }
+}
+
 /// The writes a batch leaves, as etcd accepts them: one write per key, and no put inside a
 /// deleted range (the range is split around it).
-fn reduce(ops: Vec<Op>) -> Vec<TxnOp> {
+fn reduce(ops: Vec<Op>) -> Vec<Op> {
     let mut points: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut ranges: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for op in ops {
@@ -747,27 +962,23 @@ fn reduce(ops: Vec<Op>) -> Vec<TxnOp> {
             .filter(|(_, v)| v.is_some())
         {
             if start < *k {
-                out.push(delete_range(start, k.clone()));
+                out.push(Op::DeleteRange(start, k.clone()));
             }
             start = k.clone();
             start.push(0);
         }
         if start < *b {
-            out.push(delete_range(start, b.clone()));
+            out.push(Op::DeleteRange(start, b.clone()));
         }
     }
     for (k, v) in points {
         match v {
-            Some(v) => out.push(TxnOp::put(k, v, None)),
-            None if !in_range(&k) => out.push(TxnOp::delete(k, None)),
+            Some(v) => out.push(Op::Put(k, v)),
+            None if !in_range(&k) => out.push(Op::Delete(k)),
             None => {}
         }
     }
     out
-}
-
-fn delete_range(from: Vec<u8>, to: Vec<u8>) -> TxnOp {
-    TxnOp::delete(from, Some(DeleteOptions::new().with_range(to)))
 }
 
 /// Overlapping or touching ranges joined, in order.
@@ -791,8 +1002,8 @@ fn merge(mut ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
 mod tests {
     use super::*;
 
-    fn shape(ops: &[TxnOp]) -> Vec<String> {
-        ops.iter().map(|o| format!("{o:?}")).collect()
+    fn shape(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(|o| format!("{:?}", o.txn())).collect()
     }
 
     #[test]

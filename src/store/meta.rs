@@ -49,6 +49,13 @@ pub trait Meta: Send + Sync {
     /// The value under `key` and its version.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>>;
 
+    /// The value under `key` as last committed by anyone, and its version: an engine that
+    /// caches reads asks the engine itself, and afterwards serves nothing older for what was
+    /// committed with it (close-to-open: an open sees what another mount closed).
+    fn get_latest(&self, cf: Cf, key: &[u8]) -> Result<Option<(Vec<u8>, Version)>> {
+        self.get(cf, key)
+    }
+
     /// The values of several keys, in the order asked, passed to `each(index, value)`
     /// without copying them.
     fn multi_get(&self, cf: Cf, keys: &[&[u8]], each: &mut Found<'_>) -> Result<()>;
@@ -62,6 +69,21 @@ pub trait Meta: Send + Sync {
     /// A new, empty batch of writes.
     fn writes(&self) -> Box<dyn Writes + '_>;
 
+    /// A new batch apart from the operation running on this thread (a counter reservation
+    /// inside it): its commit checks only what it is told to.
+    fn writes_apart(&self) -> Box<dyn Writes + '_> {
+        self.writes()
+    }
+
+    /// One attempt of an operation begins on this thread: an engine that caches reads checks,
+    /// at the operation's commits, every cached value it was served meanwhile.
+    fn begin_operation(&self) -> u64 {
+        0
+    }
+
+    /// The attempt begun with `begin_operation` is over.
+    fn end_operation(&self, _operation: u64) {}
+
     /// Makes every committed batch durable against power loss.
     fn sync(&self) -> Result<()>;
 
@@ -73,6 +95,11 @@ pub trait Meta: Send + Sync {
 
     /// The engine, as users name it (`rocksdb`, `etcd://H:P/NAME`).
     fn describe(&self) -> String;
+
+    /// Requests sent to the engine's servers so far (0: an engine in this process).
+    fn requests(&self) -> u64 {
+        0
+    }
 
     /// Registers `id` as a live session of the store for as long as this process lives
     /// (on etcd, a key under a lease that expires without this process' renewals).

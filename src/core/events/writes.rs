@@ -161,11 +161,12 @@ impl Core {
     /// A close(2) of a descriptor opened for writing, by `uid` (FUSE flush, which close
     /// waits for): records a held Put if the file changed since the last one.
     pub fn flush_write(&self, ino: Ino, uid: u32) -> Result<()> {
+        // Under the object's lock: no write comes between the running MD5 and the size.
+        let _held = self.locks.lock(&[ino]);
+        self.store_held(ino)?; // once close returns, the data is stored
         if !self.events.writes.tracking() {
             return Ok(());
         }
-        // Under the object's lock: no write comes between the running MD5 and the size.
-        let _held = self.locks.lock(&[ino]);
         self.with_writing(ino, |this, state| {
             state.uid = uid;
             if state.written {
@@ -178,10 +179,11 @@ impl Core {
     /// The release of an open made with `begin_write` (its last descriptor closed): its
     /// Put is confirmed, or recorded now if the file changed since the last close.
     pub fn end_write(&self, ino: Ino) -> Result<()> {
+        let _held = self.locks.lock(&[ino]);
+        self.store_held(ino)?;
         if !self.events.writes.tracking() {
             return Ok(());
         }
-        let _held = self.locks.lock(&[ino]);
         let r = self.with_writing(ino, |this, state| {
             state.opens = state.opens.saturating_sub(1);
             if state.written {

@@ -243,6 +243,11 @@ impl Data for Slices {
         self.pool.describe().to_owned()
     }
 
+    /// A chunk: a sequential writer stores whole objects, one commit each.
+    fn write_back(&self) -> usize {
+        CHUNK as usize
+    }
+
     fn read(&self, meta: &dyn Meta, ino: Ino, offset: u64, end: u64) -> Result<Vec<u8>> {
         let mut out = vec![0u8; (end - offset) as usize];
         if offset >= end {
