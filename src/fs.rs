@@ -39,7 +39,7 @@ use crate::core::object::{SetAttr, TimeSet};
 use crate::core::omap::SetMode;
 use crate::core::{Core, Ctx, Name, ROOT};
 use crate::error::{Error, Result};
-use crate::store::codec::Kind;
+use crate::store::codec::{Kind, Timestamp};
 use crate::store::keys::Ino;
 use attr::{file_attr, file_type};
 use control::Control;
@@ -97,11 +97,41 @@ fn name(raw: &OsStr) -> Result<Name> {
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(t.into()),
+        TimeOrNow::SpecificTime(t) => TimeSet::At(from_kernel(t)),
+    }
+}
+
+/// A time the kernel sent (sec, nsec), as fuser 0.18 hands it over: before 1970 it subtracts
+/// the nanoseconds instead of adding them (its own TODO), so -1.25 s (sec -2, nsec 750000000)
+/// arrives as 2.75 s before the epoch. Undone here.
+fn from_kernel(t: std::time::SystemTime) -> Timestamp {
+    match std::time::UNIX_EPOCH.duration_since(t) {
+        Ok(before) if before.subsec_nanos() > 0 => Timestamp {
+            sec: -(before.as_secs() as i64),
+            nsec: before.subsec_nanos(),
+        },
+        _ => t.into(),
     }
 }
 
 const GENERATION: Generation = Generation(0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_from_the_kernel_keep_their_nanoseconds() {
+        // What fuser makes of the kernel's (sec -315521755, nsec 123456789).
+        let sent = std::time::UNIX_EPOCH - std::time::Duration::new(315_521_755, 123_456_789);
+        let t = from_kernel(sent);
+        assert_eq!((t.sec, t.nsec), (-315_521_755, 123_456_789));
+        let whole = std::time::UNIX_EPOCH - std::time::Duration::from_secs(7);
+        assert_eq!((from_kernel(whole).sec, from_kernel(whole).nsec), (-7, 0));
+        let after = std::time::UNIX_EPOCH + std::time::Duration::new(5, 9);
+        assert_eq!((from_kernel(after).sec, from_kernel(after).nsec), (5, 9));
+    }
+}
 
 /// The xattr holding a file's SELinux label.
 const SELINUX_XATTR: &[u8] = b"security.selinux";

@@ -427,6 +427,20 @@ fn permissions_are_enforced_for_other_users() {
 }
 
 #[test]
+fn a_time_before_1970_set_without_the_writeback_cache_keeps_its_nanoseconds() {
+    // Without the writeback cache stat asks lunafs, which must have stored what was set.
+    let t = TestFs::with_options("allow_other,no_writeback_cache");
+    let f = t.bucket("b").join("old");
+    fs::write(&f, b"x").unwrap();
+    common::sh(&format!(
+        "touch -m -d '1960-01-02 03:04:05.123456789 UTC' {}",
+        f.display()
+    ));
+    let m = fs::metadata(&f).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (-315_521_755, 123_456_789));
+}
+
+#[test]
 fn timestamps_follow_posix_rules() {
     let t = TestFs::mount();
     let b = t.bucket("b");
