@@ -208,18 +208,32 @@ impl Core {
 
     /// The inode, with this mount's writes not yet stored.
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
-        self.as_seen_here(ino, self.store.inode(ino)?)
+        let held = self.buffers.get(ino);
+        self.as_seen_here(ino, held.as_deref(), self.store.inode(ino)?)
+    }
+
+    /// The inode as stored, without this mount's writes not yet stored.
+    pub(crate) fn stored_inode(&self, ino: Ino) -> Result<Inode> {
+        self.store
+            .inode(ino)?
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
     /// The inode as another mount may just have left it (an open: close-to-open).
     pub fn revalidate(&self, ino: Ino) -> Result<Inode> {
-        self.as_seen_here(ino, self.store.inode_latest(ino)?)
+        let held = self.buffers.get(ino);
+        self.as_seen_here(ino, held.as_deref(), self.store.inode_latest(ino)?)
     }
 
-    /// `ino` as read, with this mount's writes not yet stored; ENOENT if there is none.
-    fn as_seen_here(&self, ino: Ino, read: Option<Inode>) -> Result<Inode> {
+    /// `ino` as read, with `held` writes of this mount; ENOENT if there is none.
+    fn as_seen_here(
+        &self,
+        ino: Ino,
+        held: Option<&buffer::Held>,
+        read: Option<Inode>,
+    ) -> Result<Inode> {
         let mut inode = read.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
-        self.buffers.overlay(&mut inode);
+        buffer::Buffers::overlay(held, &mut inode);
         Ok(inode)
     }
 

@@ -116,23 +116,6 @@ fn from_kernel(t: std::time::SystemTime) -> Timestamp {
 
 const GENERATION: Generation = Generation(0);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_before_1970_from_the_kernel_keep_their_nanoseconds() {
-        // What fuser makes of the kernel's (sec -315521755, nsec 123456789).
-        let sent = std::time::UNIX_EPOCH - std::time::Duration::new(315_521_755, 123_456_789);
-        let t = from_kernel(sent);
-        assert_eq!((t.sec, t.nsec), (-315_521_755, 123_456_789));
-        let whole = std::time::UNIX_EPOCH - std::time::Duration::from_secs(7);
-        assert_eq!((from_kernel(whole).sec, from_kernel(whole).nsec), (-7, 0));
-        let after = std::time::UNIX_EPOCH + std::time::Duration::new(5, 9);
-        assert_eq!((from_kernel(after).sec, from_kernel(after).nsec), (5, 9));
-    }
-}
-
 /// The xattr holding a file's SELinux label.
 const SELINUX_XATTR: &[u8] = b"security.selinux";
 
@@ -1053,4 +1036,21 @@ fn permits(attr: &fuser::FileAttr, uid: u32, gid: u32, mask: AccessFlags) -> boo
         perm
     } & 0o7;
     bits & want == want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_from_the_kernel_keep_their_nanoseconds() {
+        // What fuser makes of the kernel's (sec -315521755, nsec 123456789).
+        let sent = std::time::UNIX_EPOCH - std::time::Duration::new(315_521_755, 123_456_789);
+        let t = from_kernel(sent);
+        assert_eq!((t.sec, t.nsec), (-315_521_755, 123_456_789));
+        let whole = std::time::UNIX_EPOCH - std::time::Duration::from_secs(7);
+        assert_eq!((from_kernel(whole).sec, from_kernel(whole).nsec), (-7, 0));
+        let after = std::time::UNIX_EPOCH + std::time::Duration::new(5, 9);
+        assert_eq!((from_kernel(after).sec, from_kernel(after).nsec), (5, 9));
+    }
 }

@@ -415,3 +415,27 @@ fn writes_are_held_until_close_then_stored_in_few_commits() {
     drop((a, b));
     assert_clean(&fs);
 }
+
+#[test]
+fn held_writes_spread_over_many_chunks_are_stored_in_transactions_etcd_takes() {
+    // 300 writes 4 MiB apart, held and stored in several changes (at most 64 chunks each,
+    // within the 128 writes a default etcd takes in one transaction; the test cluster allows
+    // more, so this checks the content, not the limit).
+    let (fs, a, b, bucket) = two_mounts(true);
+    let f = a.create(CTX, bucket, &n("sparse"), 0o644).unwrap().ino;
+    for i in 0..300u64 {
+        a.write(f, i << 22, format!("piece{i:03}").as_bytes())
+            .unwrap();
+    }
+    a.flush_write(f, 0).unwrap();
+    b.revalidate(f).unwrap();
+    for i in [0u64, 63, 64, 150, 299] {
+        assert_eq!(
+            b.read(f, i << 22, 8).unwrap(),
+            format!("piece{i:03}").as_bytes()
+        );
+    }
+    assert_eq!(b.read(f, (5 << 22) + 100, 4).unwrap(), vec![0; 4], "a hole");
+    drop((a, b));
+    assert_clean(&fs);
+}

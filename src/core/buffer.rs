@@ -30,11 +30,16 @@ use crate::store::keys::Ino;
 const MAX_AGE: Duration = Duration::from_secs(5);
 /// Bytes held for all files together before each write stores its file's.
 const MAX_HELD: usize = 256 << 20;
+/// Pieces of a file (each `limit` bytes: the engine's chunks) its held writes may touch: one
+/// store is one transaction, which writes a key per piece (etcd takes 128 writes at most).
+const MAX_PIECES: usize = 64;
 
 /// One file's writes not yet stored.
 #[derive(Clone)]
-struct Held {
+pub(crate) struct Held {
     edits: Edits,
+    /// Which pieces (offset / limit) the writes touch.
+    pieces: std::collections::BTreeSet<u64>,
     /// When the last of them was made: the file's mtime and ctime.
     changed: Timestamp,
     since: Instant,
@@ -62,15 +67,18 @@ impl Buffers {
         self.limit > 0
     }
 
-    fn get(&self, ino: Ino) -> Option<Arc<Held>> {
+    /// `ino`'s held writes. Taken before reading the inode from the store: if they are
+    /// stored meanwhile, the overlay still shows them, never the size before them.
+    pub(crate) fn get(&self, ino: Ino) -> Option<Arc<Held>> {
         self.files.lock().get(&ino).cloned()
     }
 
-    /// Shows held writes in `inode`'s size and times.
-    pub(crate) fn overlay(&self, inode: &mut Inode) {
-        if let Some(h) = self.get(inode.ino) {
+    /// Shows `held` writes in `inode`'s size and times.
+    pub(crate) fn overlay(held: Option<&Held>, inode: &mut Inode) {
+        if let Some(h) = held {
             inode.size = h.edits.size();
-            (inode.mtime, inode.ctime) = (h.changed, h.changed);
+            inode.mtime = h.changed;
+            inode.ctime = inode.ctime.max(h.changed);
         }
     }
 
@@ -89,6 +97,7 @@ impl Buffers {
         let held = files.entry(ino).or_insert_with(|| {
             Arc::new(Held {
                 edits: Edits::new(begun),
+                pieces: Default::default(),
                 changed: Timestamp::now(),
                 since: Instant::now(),
             })
@@ -96,10 +105,16 @@ impl Buffers {
         let h = Arc::make_mut(held);
         let before = h.edits.held();
         h.edits.write(offset, data)?;
+        let unit = self.limit as u64;
+        let end = offset + data.len().max(1) as u64 - 1;
+        h.pieces.extend(offset / unit..=end / unit);
         h.changed = Timestamp::now();
         let after = h.edits.held(); // overwriting held bytes holds no more: never less
         let total = self.held.fetch_add(after - before, Ordering::Relaxed) + after - before;
-        Ok(after >= self.limit || total >= MAX_HELD || h.since.elapsed() >= MAX_AGE)
+        Ok(after >= self.limit
+            || h.pieces.len() >= MAX_PIECES
+            || total >= MAX_HELD
+            || h.since.elapsed() >= MAX_AGE)
     }
 
     /// Forgets `ino`'s held writes if they are still `stored` (now in the store, or the file
@@ -129,7 +144,11 @@ impl Core {
             }
         };
         if self.buffers.add(ino, stored, offset, data)? {
-            self.store_held(ino)?;
+            // The write is held either way; a failure to store now is reported by the close
+            // or fsync that tries again.
+            if let Err(e) = self.store_held(ino) {
+                tracing::warn!(ino, error = %e, "storing held writes failed; they stay held");
+            }
         }
         Ok(())
     }
@@ -143,7 +162,8 @@ impl Core {
             let mut txn = self.txn();
             let inode = match txn.modify(ino) {
                 Ok(inode) => inode,
-                Err(Error::NotFound(_)) => return Ok(()), // deleted: nothing to store
+                // Deleted (asked past any cache before the writes are dropped).
+                Err(Error::NotFound(_)) if self.store.inode_latest(ino)?.is_none() => return Ok(()),
                 Err(e) => return Err(e),
             };
             let edits = rebased(&held.edits, inode.size)?;
@@ -165,9 +185,15 @@ impl Core {
         Ok(())
     }
 
-    /// Bytes `offset..end` of `ino` (end within its size), held writes included.
-    pub(super) fn read_held(&self, ino: Ino, offset: u64, end: u64) -> Result<Vec<u8>> {
-        match self.buffers.get(ino) {
+    /// Bytes `offset..end` of `ino` (end within its size), `held` writes included.
+    pub(super) fn read_held(
+        &self,
+        ino: Ino,
+        held: Option<&Held>,
+        offset: u64,
+        end: u64,
+    ) -> Result<Vec<u8>> {
+        match held {
             Some(h) => h.edits.read(offset, end, |a, b| self.store.read(ino, a, b)),
             None => self.store.read(ino, offset, end),
         }
@@ -245,7 +271,7 @@ mod tests {
             bucket: 0,
             target: Vec::new(),
         };
-        b.overlay(&mut inode);
+        Buffers::overlay(b.get(7).as_deref(), &mut inode);
         assert_eq!(inode.size, 8);
         assert!(inode.mtime > Timestamp::default());
         let held = b.get(7).unwrap();

@@ -70,8 +70,9 @@ impl Core {
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Inode> {
         loop {
             let d = self.entry(parent, name)?;
+            let held = self.buffers.get(d.ino);
             if let Some(mut inode) = self.store.inode(d.ino)? {
-                self.buffers.overlay(&mut inode);
+                super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
                 return Ok(inode);
             }
             // Unlinked between the two reads: look again. A dentry that stays without its
@@ -247,8 +248,9 @@ impl Core {
             )));
         }
         let _held = self.locks.lock(&[ino, newparent]);
+        let held = self.buffers.get(ino);
         let mut inode = self.transact("link", || self.link_txn(ino, newparent, newname))?;
-        self.buffers.overlay(&mut inode);
+        super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
         Ok(inode)
     }
 

@@ -113,7 +113,10 @@ impl Core {
 
     /// Reads up to `len` bytes at `offset`; short at end of file, zeros in holes.
     pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let inode = self.getattr(ino)?;
+        // Held writes first: stored meanwhile, they are still the ones read.
+        let held = self.buffers.get(ino);
+        let mut inode = self.stored_inode(ino)?;
+        super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
         if inode.kind == Kind::Dir {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
@@ -121,7 +124,7 @@ impl Core {
             return Ok(Vec::new());
         }
         let end = inode.size.min(offset + len as u64);
-        let out = self.read_held(ino, offset, end)?;
+        let out = self.read_held(ino, held.as_deref(), offset, end)?;
         self.touch_atime(&inode)?;
         Ok(out)
     }

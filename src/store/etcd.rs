@@ -714,7 +714,7 @@ impl Watcher {
                 // Compacted past where we were: what happened in between is unknown.
                 if resp.compact_revision() > 0 {
                     *from = resp.compact_revision();
-                    self.cache.clear();
+                    self.cache.clear(resp.compact_revision());
                     if self.tx.send(None).is_err() {
                         return Ok(());
                     }
@@ -832,7 +832,11 @@ impl Writes for EtcdWrites<'_> {
         // Cached values read meanwhile are checked too: one the watch had not yet updated
         // makes a conflict rather than a write based on it.
         for (k, v) in cache.served(self.batch) {
-            self.checks.entry(k).or_insert(v as Version);
+            let v = v as Version;
+            if *self.checks.entry(k).or_insert(v) != v {
+                // Served two versions of one key: what was read is not one state.
+                return Ok(Outcome::Conflict);
+            }
         }
         let compares: Vec<Compare> = self
             .checks
@@ -909,7 +913,7 @@ fn remember(cache: &cache::Cache, ops: &[Op], rev: i64) {
                 cache.wrote(k, 0);
             }
             Op::DeleteRange(from, to) => {
-                cache.forget_range(from, to, rev);
+                cache.deleted_range(from, to, rev);
                 cache.wrote_range(from, to);
             }
         }
@@ -921,7 +925,7 @@ fn forget(cache: &cache::Cache, ops: &[Op]) {
     for op in ops {
         match op {
             Op::Put(k, _) | Op::Delete(k) => cache.forget(k),
-            Op::DeleteRange(from, to) => cache.forget_range(from, to, 0),
+            Op::DeleteRange(from, to) => cache.forget_range(from, to),
         }
     }
 }

@@ -63,7 +63,7 @@ impl Core {
         };
         let mut n = Enqueued::NONE;
         for (file, rel) in self.files_under(from.2)? {
-            let inode = self.getattr(file)?;
+            let inode = self.stored_inode(file)?;
             let etag = self.etag_of(&mut txn.batch, &inode)?;
             let copy = file_change(EventKind::Copy, &new.below(&rel), &inode, etag, uid);
             n.add(self.queue(&mut txn.batch, copy)?);
@@ -94,7 +94,7 @@ impl Core {
                 continue;
             };
             for (file, rel) in self.files_under(x.2)? {
-                let inode = self.getattr(file)?;
+                let inode = self.stored_inode(file)?;
                 let etag = self.etag_of(&mut txn.batch, &inode)?;
                 let copy = file_change(EventKind::Copy, &there.below(&rel), &inode, etag, uid);
                 n.add(self.queue(&mut txn.batch, copy)?);

@@ -180,9 +180,10 @@ impl Core {
     /// Put is confirmed, or recorded now if the file changed since the last close.
     pub fn end_write(&self, ino: Ino) -> Result<()> {
         let _held = self.locks.lock(&[ino]);
-        self.store_held(ino)?;
+        // A failure to store is reported, after the open's bookkeeping (the writes stay held).
+        let stored = self.store_held(ino);
         if !self.events.writes.tracking() {
-            return Ok(());
+            return stored;
         }
         let r = self.with_writing(ino, |this, state| {
             state.opens = state.opens.saturating_sub(1);
@@ -202,7 +203,7 @@ impl Core {
                 self.confirm(state.held);
             }
         }
-        r
+        stored.and(r)
     }
 
     /// Runs `f` on the writing state of `ino` (taken out of the map meanwhile, so the

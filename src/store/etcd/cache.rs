@@ -127,7 +127,10 @@ impl Cache {
     pub fn connected(&self, from: i64) {
         let mut s = self.state.lock();
         s.watched = s.watched.max(from - 1);
-        self.enabled.store(true, Ordering::Relaxed);
+        if !self.enabled.swap(true, Ordering::Relaxed) {
+            // A read answered before the watch began may miss changes it will not replay.
+            s.floor = s.floor.max(from - 1);
+        }
     }
 
     /// etcd reports the watch up to date, following changes as they happen: the cache may
@@ -281,9 +284,23 @@ impl Cache {
         }
     }
 
-    /// Drops every key from `from` to `to` and refuses reads older than `rev`: a commit at
-    /// `rev` deleted the range, keys this cache never held included.
-    pub fn forget_range(&self, from: &[u8], to: &[u8], rev: i64) {
+    /// A commit at `rev` deleted the keys `from..to`: the cached ones are absent now. (A
+    /// read of one the cache does not hold, answered before the commit, may still enter; the
+    /// watch's delete of that key, at `rev`, overwrites it.)
+    pub fn deleted_range(&self, from: &[u8], to: &[u8], rev: i64) {
+        let mut s = self.state.lock();
+        let gone: Vec<Vec<u8>> = s
+            .entries
+            .range(from.to_vec()..to.to_vec())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            learn(&mut s, &k, None, rev);
+        }
+    }
+
+    /// Drops every key from `from` to `to` (a commit of unknown outcome deleted them).
+    pub fn forget_range(&self, from: &[u8], to: &[u8]) {
         let mut s = self.state.lock();
         let gone: Vec<Vec<u8>> = s
             .entries
@@ -295,12 +312,14 @@ impl Cache {
                 s.bytes -= k.len() + old.found.map_or(0, |(v, _)| v.len());
             }
         }
-        s.floor = s.floor.max(rev);
     }
 
-    /// Forgets everything: changes may have been missed.
-    pub fn clear(&self) {
-        start_over(&mut self.state.lock());
+    /// Forgets everything from before revision `rev`: changes up to it may have been missed
+    /// (the watch resumes after a compaction at `rev`).
+    pub fn clear(&self, rev: i64) {
+        let mut s = self.state.lock();
+        start_over(&mut s);
+        s.floor = s.floor.max(rev);
     }
 }
 
@@ -409,16 +428,18 @@ mod tests {
     }
 
     #[test]
-    fn forgetting_a_range_refuses_reads_from_before_it() {
+    fn a_deleted_range_is_absent_and_changes_elsewhere_still_enter() {
         let c = live();
-        c.learn(b"a1", None, 3);
-        c.learn(b"b", None, 3);
-        c.forget_range(b"a", b"a\xff", 10);
-        assert!(c.hit(b"a1").is_none() && c.hit(b"b").is_some());
-        c.learn(b"a2", Some((b"x".to_vec(), 2)), 8);
-        assert!(c.hit(b"a2").is_none(), "read before the delete");
-        c.learn(b"a2", None, 11);
-        assert!(c.hit(b"a2").is_some());
+        c.learn(b"a1", Some((b"x".to_vec(), 2)), 3);
+        c.learn(b"b", Some((b"old".to_vec(), 2)), 3);
+        c.deleted_range(b"a", b"a\xff", 10);
+        assert_eq!(value(&c, b"a1"), Some(None));
+        c.learn(b"a1", Some((b"x".to_vec(), 2)), 8); // a read from before the delete
+        assert_eq!(value(&c, b"a1"), Some(None));
+        c.learn(b"b", Some((b"new".to_vec(), 9)), 9); // another mount's change, seen late
+        assert_eq!(value(&c, b"b"), Some(Some(b"new".to_vec())));
+        c.forget_range(b"a", b"a\xff");
+        assert!(c.hit(b"a1").is_none());
     }
 
     #[test]
