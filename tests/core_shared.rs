@@ -439,3 +439,38 @@ fn held_writes_spread_over_many_chunks_are_stored_in_transactions_etcd_takes() {
     drop((a, b));
     assert_clean(&fs);
 }
+
+#[test]
+fn scattered_writes_in_one_chunk_read_back_through_their_objects() {
+    // Two stores of 100 scattered pieces each into one chunk: two objects of many pieces, the
+    // second cutting into the first; read whole and in parts on the other mount.
+    let (fs, a, b, bucket) = two_mounts(true);
+    let f = a.create(CTX, bucket, &n("scattered"), 0o644).unwrap().ino;
+    let mut model = vec![0u8; 1 << 20];
+    for round in 0..2u64 {
+        for i in 0..100u64 {
+            let at = (i * 7919 + round * 3001) % ((1 << 20) - 5000);
+            let bytes = vec![(i + round * 100) as u8 + 1; 1000 + (i as usize % 4) * 1000];
+            a.write(f, at, &bytes).unwrap();
+            model[at as usize..at as usize + bytes.len()].copy_from_slice(&bytes);
+        }
+        a.flush_write(f, 0).unwrap();
+    }
+    let size = a.getattr(f).unwrap().size as usize;
+    model.truncate(size);
+    b.revalidate(f).unwrap();
+    assert!(
+        b.read(f, 0, 1 << 21).unwrap() == model,
+        "whole chunk differs"
+    );
+    for (at, len) in [(0usize, 4096usize), (123_457, 10_000), (size - 3000, 3000)] {
+        let got = b.read(f, at as u64, len as u32).unwrap();
+        assert!(
+            got == model[at..at + len],
+            "bytes {at}..{} differ",
+            at + len
+        );
+    }
+    drop((a, b));
+    assert_clean(&fs);
+}

@@ -8,8 +8,9 @@
 //! A change writes its new bytes as one new object per chunk it touches *before* the
 //! operation's transaction commits, and the transaction replaces the slice list: earlier
 //! slices the new one covers are cut or dropped. Objects are never overwritten, so a reader,
-//! a crash or a failed commit never sees a torn chunk. A list grown past `MAX_SLICES` pieces
-//! is compacted into one new object in the same change.
+//! a crash or a failed commit never sees a torn chunk. A list naming more than `MAX_OBJECTS`
+//! objects (or holding more than `MAX_SLICES` pieces) is compacted into one new object in the
+//! same change.
 //!
 //! Garbage: an object no slice list names (dropped by a later write, a truncate or an unlink,
 //! or written by an operation that never committed) is deleted by `collect`, which lists the
@@ -33,8 +34,12 @@ use crate::store::schema::Cf;
 /// Chunk size: 4 MiB, RADOS' default object size, so a sequential write stores whole
 /// objects and a read of a chunk is one object read.
 pub const CHUNK: u64 = 4 << 20;
-/// Pieces a chunk's list may hold before a change compacts it into one object.
-const MAX_SLICES: usize = 16;
+/// Objects a chunk's list may name before a change compacts it into one object: a read of
+/// the chunk is one RADOS read per object. (Counting pieces instead, held random writes, many
+/// pieces in one object per chunk, made nearly every store rewrite its chunks whole.)
+const MAX_OBJECTS: usize = 16;
+/// Pieces a list may hold (its etcd value stays a few KiB).
+const MAX_SLICES: usize = 256;
 /// Reads retried when a listed object vanished (collected after a concurrent change).
 const READ_ATTEMPTS: usize = 4;
 
@@ -93,20 +98,32 @@ impl Slices {
         out: &mut [u8],
     ) -> Result<bool> {
         let to = from + out.len() as u32;
+        // Per object, the pieces wanted: (offset in the object, length, offset in `out`).
+        let mut wanted: BTreeMap<u64, Vec<(u32, u32, u32)>> = BTreeMap::new();
         for s in list {
             let (lo, hi) = (s.pos.max(from), (s.pos + s.len).min(to));
-            if lo >= hi {
-                continue;
+            if lo < hi {
+                let piece = (s.skip + lo - s.pos, hi - lo, lo - from);
+                wanted.entry(s.id).or_default().push(piece);
             }
-            let at = (s.skip + lo - s.pos) as u64;
+        }
+        // One read per object, of the span its pieces cover (one change's pieces lie side by
+        // side in its object).
+        for (id, pieces) in wanted {
+            let start = pieces.iter().map(|p| p.0).min().unwrap_or(0);
+            let end = pieces.iter().map(|p| p.0 + p.1).max().unwrap_or(0);
+            let name = object(ino, index, id);
             let Some(bytes) = self
                 .pool
-                .read(&object(ino, index, s.id), at, (hi - lo) as usize)?
+                .read(&name, start as u64, (end - start) as usize)?
             else {
                 return Ok(false);
             };
-            let dst = &mut out[(lo - from) as usize..(hi - from) as usize];
-            dst[..bytes.len()].copy_from_slice(&bytes);
+            for (at, len, dst) in pieces {
+                let src = ((at - start) as usize).min(bytes.len());
+                let got = &bytes[src..(src + len as usize).min(bytes.len())];
+                out[dst as usize..dst as usize + got.len()].copy_from_slice(got);
+            }
         }
         Ok(true)
     }
@@ -301,7 +318,8 @@ impl Data for Slices {
             for s in self.store_writes(ino, i, e)? {
                 overlay(&mut list, s);
             }
-            if list.len() > MAX_SLICES {
+            let objects = list.iter().map(|s| s.id).collect::<BTreeSet<_>>().len();
+            if objects > MAX_OBJECTS || list.len() > MAX_SLICES {
                 list = self.compact(ino, i, &list)?;
             }
             let key = keys::chunk(ino, i);
