@@ -208,8 +208,8 @@ impl Core {
 
     /// The inode, with this mount's writes not yet stored.
     pub fn getattr(&self, ino: Ino) -> Result<Inode> {
-        let held = self.buffers.get(ino);
-        self.as_seen_here(ino, held.as_deref(), self.store.inode(ino)?)
+        let (inode, _) = self.buffers.seen(ino, || self.store.inode(ino))?;
+        inode.ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
     /// The inode as stored, without this mount's writes not yet stored.
@@ -221,20 +221,8 @@ impl Core {
 
     /// The inode as another mount may just have left it (an open: close-to-open).
     pub fn revalidate(&self, ino: Ino) -> Result<Inode> {
-        let held = self.buffers.get(ino);
-        self.as_seen_here(ino, held.as_deref(), self.store.inode_latest(ino)?)
-    }
-
-    /// `ino` as read, with `held` writes of this mount; ENOENT if there is none.
-    fn as_seen_here(
-        &self,
-        ino: Ino,
-        held: Option<&buffer::Held>,
-        read: Option<Inode>,
-    ) -> Result<Inode> {
-        let mut inode = read.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
-        buffer::Buffers::overlay(held, &mut inode);
-        Ok(inode)
+        let (inode, _) = self.buffers.seen(ino, || self.store.inode_latest(ino))?;
+        inode.ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
     /// A never-used inode number.
@@ -256,9 +244,10 @@ impl Core {
     /// `ATTEMPTS`. Only a store shared by several mounts ever conflicts.
     fn transact<T>(&self, what: &str, mut op: impl FnMut() -> Result<T>) -> Result<T> {
         for attempt in 0..ATTEMPTS {
-            let attempt_of = self.store.operation();
-            let done = op();
-            drop(attempt_of);
+            let done = {
+                let _attempt = self.store.operation();
+                op()
+            };
             match done {
                 Err(Error::Conflict) => {
                     CONFLICTS_RETRIED.fetch_add(1, Ordering::Relaxed);
@@ -330,7 +319,8 @@ impl Core {
         self.open_files.lock().contains_key(&ino)
     }
 
-    /// fsync/fdatasync: every change committed so far survives power loss once this returns.
+    /// syncfs: every file's writes stored, and every change committed so far survives power
+    /// loss once this returns.
     pub fn sync(&self) -> Result<()> {
         self.store_all_held()?;
         self.store.sync()

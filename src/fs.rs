@@ -719,9 +719,9 @@ impl fuser::Filesystem for LunaFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
         self.stats.call(Op::Fsync);
-        match self.core.sync() {
+        match self.core.sync_file(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Fsync, &e)),
         }

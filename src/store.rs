@@ -566,13 +566,13 @@ impl Store {
         self.meta.watch(changed)
     }
 
-    /// Total, free and available bytes where the data lives: the data engine's cluster, or
-    /// for inline data the filesystem holding the store's directory.
     /// Bytes of one file's writes to hold before storing them (see `Data::write_back`).
     pub fn write_back(&self) -> usize {
         self.data.write_back()
     }
 
+    /// Total, free and available bytes where the data lives: the data engine's cluster, or
+    /// for inline data the filesystem holding the store's directory.
     pub fn capacity(&self) -> Result<data::Capacity> {
         match self.data.capacity() {
             Some(c) => c,

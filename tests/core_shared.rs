@@ -412,6 +412,11 @@ fn writes_are_held_until_close_then_stored_in_few_commits() {
     a.sync().unwrap();
     assert_eq!(b.revalidate(f).unwrap().size, 20_004);
     assert_eq!(b.read(f, 0, 6).unwrap(), b"synced");
+    // So does an fsync of the one file (what FUSE fsync calls).
+    a.write(f, 6, b"-file").unwrap();
+    a.sync_file(f).unwrap();
+    b.revalidate(f).unwrap();
+    assert_eq!(b.read(f, 0, 11).unwrap(), b"synced-file");
     drop((a, b));
     assert_clean(&fs);
 }

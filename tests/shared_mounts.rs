@@ -7,6 +7,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -323,4 +324,23 @@ fn xattr_get(path: &Path, name: &str) -> Vec<u8> {
         .unwrap();
     succeeded(&out);
     out.stdout
+}
+
+#[test]
+fn an_fsynced_write_survives_kill_9_of_its_mount_before_the_close() {
+    // SPEC durability on write-back: once fsync returns, the data is in the store, though
+    // the file is still open and the mount then dies.
+    let (url, mut a, b) = two_mounts();
+    fs::create_dir(a.path("d")).unwrap();
+    let mut f = fs::File::create(a.path("d/kept")).unwrap();
+    f.write_all(b"fsynced before the crash").unwrap();
+    f.sync_all().unwrap();
+    f.write_all(b", this never").unwrap(); // held, not fsynced: may be lost
+    a.kill9();
+    drop(f);
+    eventually("the fsynced bytes", || {
+        fs::read(b.path("d/kept")).is_ok_and(|c| c.starts_with(b"fsynced before the crash"))
+    });
+    drop(b);
+    fsck_clean(&url);
 }

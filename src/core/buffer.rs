@@ -67,19 +67,31 @@ impl Buffers {
         self.limit > 0
     }
 
-    /// `ino`'s held writes. Taken before reading the inode from the store: if they are
-    /// stored meanwhile, the overlay still shows them, never the size before them.
-    pub(crate) fn get(&self, ino: Ino) -> Option<Arc<Held>> {
+    /// `ino`'s held writes (none, without a lock, when writes are never held: every
+    /// getattr, lookup and read asks).
+    fn get(&self, ino: Ino) -> Option<Arc<Held>> {
+        if !self.on() {
+            return None;
+        }
         self.files.lock().get(&ino).cloned()
     }
 
-    /// Shows `held` writes in `inode`'s size and times.
-    pub(crate) fn overlay(held: Option<&Held>, inode: &mut Inode) {
-        if let Some(h) = held {
+    /// The inode `read` returns, as this mount sees it: with its held writes' size and times;
+    /// and those writes. They are taken before the read: if they are stored meanwhile, the
+    /// inode still shows them, never the size before them.
+    pub(crate) fn seen(
+        &self,
+        ino: Ino,
+        read: impl FnOnce() -> Result<Option<Inode>>,
+    ) -> Result<(Option<Inode>, Option<Arc<Held>>)> {
+        let held = self.get(ino);
+        let mut inode = read()?;
+        if let (Some(inode), Some(h)) = (inode.as_mut(), &held) {
             inode.size = h.edits.size();
             inode.mtime = h.changed;
             inode.ctime = inode.ctime.max(h.changed);
         }
+        Ok((inode, held))
     }
 
     /// Adds a write to `ino`'s held ones (begun on a file `stored()` bytes long, asked
@@ -104,7 +116,12 @@ impl Buffers {
         });
         let h = Arc::make_mut(held);
         let before = h.edits.held();
-        h.edits.write(offset, data)?;
+        if let Err(e) = h.edits.write(offset, data) {
+            if h.edits.is_empty() {
+                files.remove(&ino); // begun by this write: nothing is held
+            }
+            return Err(e);
+        }
         let unit = self.limit as u64;
         let end = offset + data.len().max(1) as u64 - 1;
         h.pieces.extend(offset / unit..=end / unit);
@@ -136,7 +153,7 @@ impl Core {
     /// Holds a write to `ino` (under its lock), storing the file's held writes when due.
     pub(super) fn hold_write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<()> {
         let stored = || {
-            let inode = self.getattr(ino)?;
+            let inode = self.stored_inode(ino)?;
             match inode.kind {
                 Kind::File => Ok(inode.size),
                 Kind::Dir => Err(Error::IsDir(format!("inode {ino}"))),
@@ -176,7 +193,16 @@ impl Core {
         Ok(())
     }
 
-    /// Stores every file's held writes (fsync, unmount).
+    /// fsync of `ino`: its held writes stored, then every commit made durable.
+    pub fn sync_file(&self, ino: Ino) -> Result<()> {
+        {
+            let _held = self.locks.lock(&[ino]);
+            self.store_held(ino)?;
+        }
+        self.store.sync()
+    }
+
+    /// Stores every file's held writes (syncfs, unmount).
     pub(crate) fn store_all_held(&self) -> Result<()> {
         for ino in self.buffers.files() {
             let _held = self.locks.lock(&[ino]);
@@ -253,7 +279,7 @@ mod tests {
         let b = Buffers::new(8);
         assert!(!b.add(7, || Ok(3), 0, b"abcd").unwrap());
         assert!(b.add(7, || panic!("begun already"), 4, b"efgh").unwrap());
-        let mut inode = Inode {
+        let inode = Inode {
             ino: 7,
             kind: Kind::File,
             perm: 0o644,
@@ -271,7 +297,8 @@ mod tests {
             bucket: 0,
             target: Vec::new(),
         };
-        Buffers::overlay(b.get(7).as_deref(), &mut inode);
+        let (seen, _) = b.seen(7, || Ok(Some(inode.clone()))).unwrap();
+        let inode = seen.unwrap();
         assert_eq!(inode.size, 8);
         assert!(inode.mtime > Timestamp::default());
         let held = b.get(7).unwrap();

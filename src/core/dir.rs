@@ -70,9 +70,7 @@ impl Core {
     pub fn lookup(&self, parent: Ino, name: &Name) -> Result<Inode> {
         loop {
             let d = self.entry(parent, name)?;
-            let held = self.buffers.get(d.ino);
-            if let Some(mut inode) = self.store.inode(d.ino)? {
-                super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
+            if let (Some(inode), _) = self.buffers.seen(d.ino, || self.store.inode(d.ino))? {
                 return Ok(inode);
             }
             // Unlinked between the two reads: look again. A dentry that stays without its
@@ -248,10 +246,9 @@ impl Core {
             )));
         }
         let _held = self.locks.lock(&[ino, newparent]);
-        let held = self.buffers.get(ino);
-        let mut inode = self.transact("link", || self.link_txn(ino, newparent, newname))?;
-        super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
-        Ok(inode)
+        let linked = || self.transact("link", || self.link_txn(ino, newparent, newname));
+        let (inode, _) = self.buffers.seen(ino, || linked().map(Some))?;
+        inode.ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
     /// `link`'s transaction, under the locks of both inodes.

@@ -113,10 +113,8 @@ impl Core {
 
     /// Reads up to `len` bytes at `offset`; short at end of file, zeros in holes.
     pub fn read(&self, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>> {
-        // Held writes first: stored meanwhile, they are still the ones read.
-        let held = self.buffers.get(ino);
-        let mut inode = self.stored_inode(ino)?;
-        super::buffer::Buffers::overlay(held.as_deref(), &mut inode);
+        let (inode, held) = self.buffers.seen(ino, || self.store.inode(ino))?;
+        let inode = inode.ok_or_else(|| Error::NotFound(format!("inode {ino}")))?;
         if inode.kind == Kind::Dir {
             return Err(Error::IsDir(format!("inode {ino}")));
         }

@@ -277,10 +277,7 @@ impl Etcd {
             let key = key.to_vec();
             async move { kv.get(key, None).await }
         })?;
-        let found = resp
-            .kvs()
-            .first()
-            .map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+        let found = found(resp.kvs().first());
         self.cache
             .learn(key, found.clone(), revision(resp.header()));
         Ok(found)
@@ -331,6 +328,11 @@ impl Etcd {
             )),
         }
     }
+}
+
+/// What a read found of one key, as the cache keeps it.
+fn found(kv: Option<&etcd_client::KeyValue>) -> cache::Found {
+    kv.map(|kv| (kv.value().to_vec(), kv.mod_revision()))
 }
 
 /// The revision a response is true as of.
@@ -426,8 +428,7 @@ impl Meta for Etcd {
                     _ => None,
                 };
                 each(i, kv.map(|kv| kv.value()))?;
-                let found = kv.map(|kv| (kv.value().to_vec(), kv.mod_revision()));
-                self.cache.learn(&full[i], found, rev);
+                self.cache.learn(&full[i], found(kv), rev);
             }
         }
         Ok(())
@@ -874,10 +875,7 @@ impl Writes for EtcdWrites<'_> {
                 .op_responses()
                 .into_iter()
                 .map(|op| match op {
-                    TxnOpResponse::Get(g) => g
-                        .kvs()
-                        .first()
-                        .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                    TxnOpResponse::Get(g) => found(g.kvs().first()),
                     _ => None,
                 })
                 .collect();

@@ -15,12 +15,11 @@
 //! open batches. A commit compares the versions of every entry its batch and its operation
 //! were served, so a stale one makes it a conflict and the operation runs again on fresh
 //! reads (a failed check answers with the checked keys' current values, which the cache
-//! takes). A batch *apart* (a counter reservation
-//! inside an operation) compares only what it recorded itself. After a commit, the scopes
-//! still open hold its new versions of what it wrote: an operation is not in conflict with
-//! itself. Entries are served only
-//! while the watch is connected and etcd answered within `TRUSTED_FOR`: a mount cut off from
-//! etcd stops answering from memory within that time.
+//! takes). A batch *apart* (a counter reservation inside an operation) compares only what it
+//! recorded itself. After a commit, the scopes still open hold its new versions of what it
+//! wrote: an operation is not in conflict with itself. Entries are served only while the
+//! watch is connected and etcd answered within `TRUSTED_FOR`: a mount cut off from etcd stops
+//! answering from memory within that time.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -30,7 +29,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 /// How long after etcd's last answer cached entries are still served.
-pub const TRUSTED_FOR: Duration = Duration::from_secs(2);
+const TRUSTED_FOR: Duration = Duration::from_secs(2);
 /// Entries and bytes held before the cache starts over.
 const MAX_ENTRIES: usize = 200_000;
 const MAX_BYTES: usize = 64 << 20;
@@ -278,10 +277,7 @@ impl Cache {
 
     /// Drops what the cache holds of `key` (a commit of it had an unknown outcome).
     pub fn forget(&self, key: &[u8]) {
-        let mut s = self.state.lock();
-        if let Some(old) = s.entries.remove(key) {
-            s.bytes -= key.len() + old.found.map_or(0, |(v, _)| v.len());
-        }
+        remove(&mut self.state.lock(), key);
     }
 
     /// A commit at `rev` deleted the keys `from..to`: the cached ones are absent now. (A
@@ -289,12 +285,7 @@ impl Cache {
     /// watch's delete of that key, at `rev`, overwrites it.)
     pub fn deleted_range(&self, from: &[u8], to: &[u8], rev: i64) {
         let mut s = self.state.lock();
-        let gone: Vec<Vec<u8>> = s
-            .entries
-            .range(from.to_vec()..to.to_vec())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
+        for k in held_in(&s, from, to) {
             learn(&mut s, &k, None, rev);
         }
     }
@@ -302,15 +293,8 @@ impl Cache {
     /// Drops every key from `from` to `to` (a commit of unknown outcome deleted them).
     pub fn forget_range(&self, from: &[u8], to: &[u8]) {
         let mut s = self.state.lock();
-        let gone: Vec<Vec<u8>> = s
-            .entries
-            .range(from.to_vec()..to.to_vec())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            if let Some(old) = s.entries.remove(&k) {
-                s.bytes -= k.len() + old.found.map_or(0, |(v, _)| v.len());
-            }
+        for k in held_in(&s, from, to) {
+            remove(&mut s, &k);
         }
     }
 
@@ -328,11 +312,30 @@ fn learn(s: &mut State, key: &[u8], found: Found, as_of: i64) {
         return;
     }
     s.newest = s.newest.max(as_of);
-    let size = key.len() + found.as_ref().map_or(0, |(v, _)| v.len());
+    s.bytes += size(key, &found);
     if let Some(old) = s.entries.insert(key.to_vec(), Entry { found, as_of }) {
-        s.bytes -= key.len() + old.found.map_or(0, |(v, _)| v.len());
+        s.bytes -= size(key, &old.found);
     }
-    s.bytes += size;
+}
+
+fn remove(s: &mut State, key: &[u8]) {
+    if let Some(old) = s.entries.remove(key) {
+        s.bytes -= size(key, &old.found);
+    }
+}
+
+/// Bytes an entry holds.
+fn size(key: &[u8], found: &Found) -> usize {
+    key.len() + found.as_ref().map_or(0, |(v, _)| v.len())
+}
+
+/// The keys from `from` to `to` the cache holds.
+fn held_in(s: &State, from: &[u8], to: &[u8]) -> Vec<Vec<u8>> {
+    let range = s.entries.range::<[u8], _>((
+        std::ops::Bound::Included(from),
+        std::ops::Bound::Excluded(to),
+    ));
+    range.map(|(k, _)| k.clone()).collect()
 }
 
 fn start_over(s: &mut State) {
