@@ -96,6 +96,10 @@ log file = $dir/log/ceph-\$name.log
 pid file = $dir/pids/ceph-\$name.pid
 osd pool default size = $members
 osd pool default min size = $(( members == 3 ? 2 : 1 ))
+# Every OSD is on this one host: one peer's report (a refused connection, at once after a
+# kill) must be enough to mark an OSD down, or its PGs would wait for the report timeout.
+mon osd min down reporters = 1
+mon osd reporter subtree level = osd
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false

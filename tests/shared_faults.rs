@@ -1,17 +1,20 @@
 //! Failures of a shared filesystem, with real parts: a mount killed with -9 while the other
 //! works and delivers (leadership moves; JetStream gets every event once), and etcd going
 //! silent under a mount (operations fail with EIO after backend_timeout instead of hanging,
-//! then work again, nothing acknowledged lost).
+//! then work again, nothing acknowledged lost), and one etcd member and one OSD of three
+//! killed under load without the workload seeing an error.
 
 mod common;
 
 use std::fs;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{cluster, fsck_clean, PrivateEtcd};
+use common::cluster::{cluster, fsck_clean, PrivateEtcd, Threes};
 use common::nats::{Nats, Sub};
-use common::{errno_of, TestFs, LUNAFS};
+use common::{errno_of, write_and_close, TestFs, LUNAFS};
 
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -148,6 +151,80 @@ fn an_etcd_that_goes_silent_gives_eio_in_bounded_time_and_then_works_again() {
         b"acknowledged before the outage"
     );
     assert_eq!(fs::read(t.path("b/after")).unwrap(), b"y");
+    drop(t);
+    fsck_clean(&url);
+}
+
+/// Writes, closes and reads back files under `dir` until `stop`: the number done, or the
+/// first error, named.
+fn load(dir: std::path::PathBuf, stop: Arc<AtomicBool>) -> Result<u32, String> {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let path = dir.join(format!("d{}", n % 8)).join(format!("f{n}"));
+        let body: Vec<u8> = (0..64 * 1024 + n).map(|i| (i * 7 + n) as u8).collect();
+        let step = |what: &str, r: std::io::Result<()>| {
+            r.map_err(|e| format!("{what} {}: {e}", path.display()))
+        };
+        if n < 8 {
+            step("mkdir", fs::create_dir(path.parent().unwrap()))?;
+        }
+        step("write", write_and_close(&path, &body))?;
+        step("read", fs::read(&path).map(|b| assert_eq!(b, body)))?;
+        step(
+            "xattr",
+            xattr::set(&path, "user.n", n.to_string().as_bytes()),
+        )?;
+        if n % 3 == 0 {
+            step("unlink", fs::remove_file(&path))?;
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[test]
+fn one_etcd_member_and_one_osd_killed_under_load_go_unseen_by_the_workload() {
+    let threes = Threes::start();
+    let url = threes.cluster.format("threes");
+    let t = TestFs::of_store(&url, "allow_other");
+    fs::create_dir(t.path("b")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (dir, stop) = (t.path("b"), stop.clone());
+        std::thread::spawn(move || load(dir, stop))
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    // The leader: its death loses commits in flight and makes an election.
+    let leader = threes.etcd_leader();
+    threes.kill(&format!("etcd-{leader}"));
+    std::thread::sleep(Duration::from_secs(5));
+    threes.kill("ceph-osd.0");
+    std::thread::sleep(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    let done = worker
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the workload saw {e}:\n{}", t.log()));
+    let log = t.log();
+    eprintln!(
+        "{done} files written, read back and tagged; etcd {leader} and osd.0 killed; \
+         {} commit(s) sent again, {} member change(s)",
+        log.matches("answer was lost").count(),
+        log.matches("etcd member changed state").count()
+    );
+    assert!(done > 50, "the workload went on: {done} files");
+    // Everything kept is there, on a mount made after the deaths.
+    drop(t);
+    let t = TestFs::of_store(&url, "allow_other");
+    for n in (0..done).filter(|n| n % 3 != 0) {
+        let path = t.path(&format!("b/d{}/f{n}", n % 8));
+        let body: Vec<u8> = (0..64 * 1024 + n).map(|i| (i * 7 + n) as u8).collect();
+        assert_eq!(fs::read(&path).unwrap(), body, "{}", path.display());
+        assert_eq!(
+            xattr::get(&path, "user.n").unwrap().unwrap(),
+            n.to_string().as_bytes()
+        );
+    }
     drop(t);
     fsck_clean(&url);
 }

@@ -15,6 +15,7 @@
 //! was served, so a value the watch had not yet updated makes a conflict, never a lost update.
 
 mod cache;
+mod members;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -60,9 +61,8 @@ pub struct Etcd {
     prefix: Vec<u8>,
     timeout: Duration,
     describe: String,
-    /// Revisions of this process' own commits, not yet passed by the watch: its events for
-    /// them are not news.
-    own: Arc<Mutex<BTreeSet<i64>>>,
+    /// This process' own commits: the watch's events for them are not news.
+    own: Arc<Own>,
     /// This process' claim on the leadership, once asked for.
     leadership: std::sync::OnceLock<Arc<Leadership>>,
     /// The leases this process holds (session, leadership), revoked at a clean shutdown so
@@ -189,12 +189,15 @@ impl Etcd {
             .map(|e| format!("{scheme}://{e}"))
             .collect();
         let opts = connect_options(cfg)?;
-        let client = rt
+        let (client, members) = rt
             .block_on(async {
-                tokio::time::timeout(cfg.timeout, Client::connect(urls, Some(opts))).await
+                tokio::time::timeout(cfg.timeout, members::Members::connect(urls, opts)).await
             })
             .map_err(|_| unreachable(&describe, cfg.timeout))?
             .map_err(|e| Error::Backend(format!("{describe}: {e}")))?;
+        if let Some(members) = members {
+            rt.spawn(members.follow(client.clone()));
+        }
         let etcd = Etcd {
             rt,
             client,
@@ -658,13 +661,95 @@ impl Drop for Etcd {
     }
 }
 
+/// The longest the watch waits for unanswered commits of this process before it takes a
+/// change for another process' (then it is passed on: a needless invalidation at worst).
+const OWN_WAIT: Duration = Duration::from_secs(1);
+
+/// This process' commits, as the watch must tell them from other processes' changes. The
+/// watch may deliver a commit before the commit's answer (which names its revision) has been
+/// read, so a change at a revision not known as one of ours waits for the commits that were
+/// in flight when it arrived. Taking an own change for another's would make this mount drop
+/// its caches for it (the global table's count, then counted again: a scan per script write).
+#[derive(Default)]
+struct Own {
+    state: Mutex<OwnState>,
+    answered: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct OwnState {
+    /// Revisions of answered commits the watch has not passed yet.
+    revs: BTreeSet<i64>,
+    /// Commits sent and not answered, by number.
+    sent: BTreeSet<u64>,
+    next: u64,
+}
+
+/// A commit in flight; says its revision (or none) to `Own` when dropped.
+struct Sending<'a> {
+    own: &'a Own,
+    id: u64,
+    rev: Option<i64>,
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        let mut s = self.own.state.lock();
+        s.sent.remove(&self.id);
+        s.revs.extend(self.rev);
+        drop(s);
+        self.own.answered.notify_waiters();
+    }
+}
+
+impl Own {
+    fn sending(&self) -> Sending<'_> {
+        let mut s = self.state.lock();
+        s.next += 1;
+        let id = s.next;
+        s.sent.insert(id);
+        Sending {
+            own: self,
+            id,
+            rev: None,
+        }
+    }
+
+    /// Whether revision `rev` (the watch's next, in order) was made by this process.
+    async fn is_own(&self, rev: i64) -> bool {
+        let deadline = tokio::time::Instant::now() + OWN_WAIT;
+        let mut sent_before = None;
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            {
+                let mut s = self.state.lock();
+                while s.revs.first().is_some_and(|&r| r < rev) {
+                    s.revs.pop_first();
+                }
+                if s.revs.contains(&rev) {
+                    return true;
+                }
+                let last = *sent_before.get_or_insert(s.next);
+                if s.sent.first().is_none_or(|&id| id > last) {
+                    return false;
+                }
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 /// Follows every change under the filesystem's prefix, from a revision on, across
 /// reconnections: keeps the cache current, and tells the watch thread of the changes other
 /// processes made.
 struct Watcher {
     client: Client,
     prefix: Vec<u8>,
-    own: Arc<Mutex<BTreeSet<i64>>>,
+    own: Arc<Own>,
     cache: Arc<cache::Cache>,
     tx: mpsc::Sender<Option<(Cf, Vec<u8>)>>,
 }
@@ -729,7 +814,7 @@ impl Watcher {
                 }
                 continue;
             }
-            if !self.deliver(resp.events(), from) {
+            if !self.deliver(resp.events(), from).await {
                 return Ok(());
             }
         }
@@ -737,7 +822,7 @@ impl Watcher {
 
     /// Applies changes to the cache and passes on other processes' ones; false when nobody
     /// listens any more.
-    fn deliver(&self, events: &[etcd_client::Event], from: &mut i64) -> bool {
+    async fn deliver(&self, events: &[etcd_client::Event], from: &mut i64) -> bool {
         let kvs = || events.iter().filter_map(|e| Some((e, e.kv()?)));
         self.cache.learn_all(kvs().map(|(event, kv)| {
             let rev = kv.mod_revision();
@@ -750,7 +835,7 @@ impl Watcher {
         for (_, kv) in kvs() {
             let rev = kv.mod_revision();
             *from = rev + 1;
-            if self.is_own(rev) {
+            if self.own.is_own(rev).await {
                 continue;
             }
             if let Some(change) = self.decode(kv.key()) {
@@ -761,15 +846,6 @@ impl Watcher {
         }
         self.cache.watched(*from - 1);
         true
-    }
-
-    /// Whether revision `rev` is one of our own commits (forgetting those before it).
-    fn is_own(&self, rev: i64) -> bool {
-        let mut own = self.own.lock();
-        while own.first().is_some_and(|&r| r < rev) {
-            own.pop_first();
-        }
-        own.contains(&rev)
     }
 
     fn decode(&self, key: &[u8]) -> Option<(Cf, Vec<u8>)> {
@@ -787,6 +863,17 @@ enum Op {
 }
 
 impl Op {
+    /// A read of what this op writes (a count, for a range).
+    fn look(&self) -> TxnOp {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => TxnOp::get(k.clone(), None),
+            Op::DeleteRange(from, to) => TxnOp::get(
+                from.clone(),
+                Some(GetOptions::new().with_range(to.clone()).with_count_only()),
+            ),
+        }
+    }
+
     fn txn(&self) -> TxnOp {
         match self {
             Op::Put(k, v) => TxnOp::put(k.clone(), v.clone(), None),
@@ -848,7 +935,6 @@ impl Writes for EtcdWrites<'_> {
         if ops.is_empty() && compares.is_empty() {
             return Ok(Outcome::Done);
         }
-        let mut kv = self.etcd.kv();
         // A failed check answers with what the checked keys hold now: the cache takes it, so
         // the operation's next attempt reads it at once (waiting for the watch, it would read
         // late and be likelier to lose the race again).
@@ -857,12 +943,14 @@ impl Writes for EtcdWrites<'_> {
             .keys()
             .map(|k| TxnOp::get(k.clone(), None))
             .collect();
-        let txn = Txn::new()
-            .when(compares)
-            .and_then(ops.iter().map(Op::txn).collect::<Vec<_>>())
-            .or_else(now);
-        let resp = match self.etcd.run("commit", kv.txn(txn)) {
-            Ok(resp) => resp,
+        let mut sending = self.etcd.own.sending();
+        let resp = match self.etcd.run("commit", self.etcd.send(compares, &ops, now)) {
+            Ok(Sent::Answered(resp)) => resp,
+            Ok(Sent::Happened(rev)) => {
+                sending.rev = Some(rev);
+                remember(cache, &ops, rev);
+                return Ok(Outcome::Done);
+            }
             Err(e) => {
                 // It may have happened or not: the watch will tell.
                 forget(cache, &ops);
@@ -885,11 +973,98 @@ impl Writes for EtcdWrites<'_> {
         }
         // A commit that writes nothing makes no revision of its own.
         if !ops.is_empty() {
-            self.etcd.own.lock().insert(rev);
+            sending.rev = Some(rev);
             remember(cache, &ops, rev);
         }
         Ok(Outcome::Done)
     }
+}
+
+/// What became of a commit sent.
+enum Sent {
+    /// etcd answered it.
+    Answered(etcd_client::TxnResponse),
+    /// Its first answer was lost and a second sending found its writes in place: it happened,
+    /// at this revision.
+    Happened(i64),
+}
+
+impl Etcd {
+    /// Sends a commit. When its answer is lost (the member died, the leader changed) it may
+    /// or may not have happened, so it is sent again until one answers, with reads of what it
+    /// writes for when its compares now fail: finding every write in place means the first
+    /// sending happened (Raft applies an old leader's entry before any later one, or never).
+    /// Sending again is safe where the compares still hold: then the first never happened, or
+    /// it wrote only keys it did not check, and writing the same values again changes nothing.
+    async fn send(
+        &self,
+        compares: Vec<Compare>,
+        ops: &[Op],
+        now: Vec<TxnOp>,
+    ) -> std::result::Result<Sent, etcd_client::Error> {
+        let txn = |or_else: Vec<TxnOp>| {
+            Txn::new()
+                .when(compares.clone())
+                .and_then(ops.iter().map(Op::txn).collect::<Vec<_>>())
+                .or_else(or_else)
+        };
+        match self.kv().txn(txn(now.clone())).await {
+            Err(e) if answer_lost(&e) => {
+                tracing::info!(error = %e, "a commit's answer was lost; sending it again")
+            }
+            answered => return answered.map(Sent::Answered),
+        }
+        let checked = now.len();
+        let looks: Vec<TxnOp> = now.into_iter().chain(ops.iter().map(Op::look)).collect();
+        loop {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            match self.kv().txn(txn(looks.clone())).await {
+                Ok(r) if !r.succeeded() => {
+                    return Ok(match in_place(&r, ops, checked) {
+                        Some(rev) => Sent::Happened(rev),
+                        None => Sent::Answered(r),
+                    })
+                }
+                Err(e) if answer_lost(&e) => continue,
+                answered => return answered.map(Sent::Answered),
+            }
+        }
+    }
+}
+
+/// Whether a request's failure leaves its fate unknown (sent, no answer) rather than refused.
+fn answer_lost(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
+/// The revision at which `ops` were written, if the reads after the first `skip` answers of
+/// a failed commit find every one in place.
+fn in_place(resp: &etcd_client::TxnResponse, ops: &[Op], skip: usize) -> Option<i64> {
+    let answers = resp.op_responses();
+    let mut rev = None;
+    for (op, answer) in ops.iter().zip(answers.iter().skip(skip)) {
+        let TxnOpResponse::Get(g) = answer else {
+            return None;
+        };
+        match op {
+            Op::Put(_, v) => {
+                let kv = g.kvs().first().filter(|kv| kv.value() == v.as_slice())?;
+                rev = rev.max(Some(kv.mod_revision()));
+            }
+            Op::Delete(_) if !g.kvs().is_empty() => return None,
+            Op::DeleteRange(..) if g.count() != 0 => return None,
+            _ => {}
+        }
+    }
+    (answers.len() == skip + ops.len()).then(|| rev.unwrap_or_else(|| revision(resp.header())))
 }
 
 impl Drop for EtcdWrites<'_> {

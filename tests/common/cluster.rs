@@ -41,6 +41,112 @@ pub fn cluster() -> &'static Cluster {
             Some(d) => PathBuf::from(d),
             None => start_private(),
         };
+        Cluster::of(dir)
+    })
+}
+
+/// Where private clusters live: in RAM where there is a /dev/shm (etcd fsyncs every commit).
+fn scratch() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => shm.to_owned(),
+        false => std::env::temp_dir(),
+    }
+}
+
+fn start_private() -> PathBuf {
+    let dir = scratch().join(format!("lunafs-cluster-{}", std::process::id()));
+    // Thirty consecutive ports from a free one (the script uses base .. base + 29).
+    let base = 40_000 + (std::process::id() % 800) as u16 * 30;
+    start_at(&dir, base, 1, 2 << 30);
+    let _ = PRIVATE.set(dir.clone());
+    // SAFETY: registers a plain extern "C" function, run once at process exit.
+    unsafe { libc::atexit(stop_private) };
+    dir
+}
+
+/// `contrib/cluster.sh start DIR` on ports from `base`, with `members` etcd members and OSDs
+/// of `osd_bytes` each.
+fn start_at(dir: &Path, base: u16, members: u32, osd_bytes: u64) {
+    let out = Command::new(script())
+        .arg("start")
+        .arg(dir)
+        .args(["--members", &members.to_string()])
+        .env("LUNAFS_CLUSTER_PORT", base.to_string())
+        .env("LUNAFS_CLUSTER_OSD_BYTES", osd_bytes.to_string())
+        .output()
+        .expect("run contrib/cluster.sh");
+    assert!(
+        out.status.success(),
+        "contrib/cluster.sh start failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A cluster of three etcd members and three OSDs (pool size 3, min_size 2) of one test's
+/// own, for killing members of; stopped when dropped.
+pub struct Threes {
+    pub cluster: Cluster,
+}
+
+impl Threes {
+    pub fn start() -> Threes {
+        let dir = scratch().join(format!("lunafs-threes-{}", std::process::id()));
+        // Below the single clusters' ports (40,000 and up), above the suite's (23790).
+        let base = 30_000 + (std::process::id() % 300) as u16 * 30;
+        start_at(&dir, base, 3, 1 << 30);
+        Threes {
+            cluster: Cluster::of(dir),
+        }
+    }
+
+    /// kill -9 of one process of the cluster, by its pid file (`etcd-e0`, `ceph-osd.1`).
+    pub fn kill(&self, name: &str) {
+        let file = self.cluster.dir.join("pids").join(format!("{name}.pid"));
+        let pid =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        // Dead, so stop leaves it alone (its pid could be reused meanwhile).
+        std::fs::remove_file(file).unwrap();
+    }
+
+    /// The name (`e0`..`e2`) of the etcd member that leads now.
+    pub fn etcd_leader(&self) -> String {
+        let out = Command::new("etcdctl")
+            .args([
+                "--endpoints",
+                &self.cluster.etcd,
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let members = status.as_array().unwrap();
+        let position = members
+            .iter()
+            .position(|m| m["Status"]["header"]["member_id"] == m["Status"]["leader"]);
+        format!("e{}", position.expect("an etcd leader"))
+    }
+}
+
+impl Drop for Threes {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(&self.cluster.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.cluster.dir);
+    }
+}
+
+impl Cluster {
+    /// The cluster whose `contrib/cluster.sh` directory is `dir`.
+    fn of(dir: PathBuf) -> Cluster {
         let env = std::fs::read_to_string(dir.join("env"))
             .unwrap_or_else(|e| panic!("{}/env: {e} (is the cluster running?)", dir.display()));
         let var = |name: &str| {
@@ -55,38 +161,8 @@ pub fn cluster() -> &'static Cluster {
             rados: var("LUNAFS_RADOS"),
             dir,
         }
-    })
-}
+    }
 
-fn start_private() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    let tmp = if shm.is_dir() {
-        shm.to_owned()
-    } else {
-        std::env::temp_dir()
-    };
-    let dir = tmp.join(format!("lunafs-cluster-{}", std::process::id()));
-    // Thirty consecutive ports from a free one (the script uses base .. base + 29).
-    let base = 40_000 + (std::process::id() % 800) as u16 * 30;
-    let out = Command::new(script())
-        .arg("start")
-        .arg(&dir)
-        .env("LUNAFS_CLUSTER_PORT", base.to_string())
-        .output()
-        .expect("run contrib/cluster.sh");
-    assert!(
-        out.status.success(),
-        "contrib/cluster.sh start failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = PRIVATE.set(dir.clone());
-    // SAFETY: registers a plain extern "C" function, run once at process exit.
-    unsafe { libc::atexit(stop_private) };
-    dir
-}
-
-impl Cluster {
     /// A name no other filesystem of this cluster has.
     pub fn fresh_name(&self, what: &str) -> String {
         static N: AtomicU32 = AtomicU32::new(0);
@@ -117,6 +193,91 @@ impl Cluster {
     pub fn open(&self, url: &str) -> Store {
         Store::open_at(&Location::parse(url).unwrap(), &Access::default()).unwrap()
     }
+}
+
+/// Bytes in the RADOS objects of the shared filesystem at `url` (its namespace in the pool).
+pub fn stored_bytes(url: &str) -> u64 {
+    let c = cluster();
+    let name = url.rsplit('/').next().unwrap();
+    let conf = c.rados.split("conf=").nth(1).unwrap();
+    let rados = |args: &[&str]| {
+        let out = Command::new("rados")
+            .args(["-c", conf, "-p", "lunafs", "-N", name])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "rados {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    rados(&["ls"])
+        .lines()
+        .map(|oid| {
+            // "lunafs/OID mtime 2026-..., size N"
+            let stat = rados(&["stat", oid]);
+            let size = stat.rsplit("size ").next().unwrap().trim();
+            size.parse::<u64>()
+                .unwrap_or_else(|_| panic!("rados stat: {stat}"))
+        })
+        .sum()
+}
+
+/// etcd's endpoints and the key prefix of the shared filesystem at `url`.
+fn etcd_of(url: &str) -> (Vec<String>, Vec<u8>) {
+    let rest = url.strip_prefix("etcd://").unwrap();
+    let (hosts, name) = rest.split_once('/').unwrap();
+    let endpoints = hosts.split(',').map(|h| format!("http://{h}")).collect();
+    (endpoints, format!("/{name}/").into_bytes())
+}
+
+/// Runs `f` with an etcd client of the filesystem at `url` and its key prefix.
+fn with_etcd<T, F: std::future::Future<Output = T>>(
+    url: &str,
+    f: impl FnOnce(etcd_client::Client, Vec<u8>) -> F,
+) -> T {
+    let (endpoints, prefix) = etcd_of(url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = etcd_client::Client::connect(endpoints, None).await.unwrap();
+        f(client, prefix).await
+    })
+}
+
+/// Whether a key is held under a lease (a mount's session, the leadership): a copy of it
+/// would outlive its process.
+fn leased(prefix: &[u8], key: &[u8]) -> bool {
+    let rest = &key[prefix.len()..];
+    rest.starts_with(b"sessions/") || rest == b"leader"
+}
+
+/// Every key and value of the shared filesystem at `url`, but its leased ones.
+pub fn etcd_keys(url: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    with_etcd(url, |mut client, prefix| async move {
+        let opts = etcd_client::GetOptions::new().with_prefix();
+        let resp = client.get(prefix.clone(), Some(opts)).await.unwrap();
+        resp.kvs()
+            .iter()
+            .filter(|kv| !leased(&prefix, kv.key()))
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+            .collect()
+    })
+}
+
+/// Replaces the keys of the shared filesystem at `url` (unmounted) with `keys`.
+pub fn etcd_restore(url: &str, keys: Vec<(Vec<u8>, Vec<u8>)>) {
+    with_etcd(url, |mut client, prefix| async move {
+        let opts = etcd_client::DeleteOptions::new().with_prefix();
+        client.delete(prefix, Some(opts)).await.unwrap();
+        for (k, v) in keys {
+            client.put(k, v, None).await.unwrap();
+        }
+    })
 }
 
 /// `lunafs fsck URL` finds nothing wrong.
