@@ -474,9 +474,6 @@ fn status(mp: &Path) -> Result<()> {
     }
 }
 
-/// How old an unreferenced data object must be before `fsck --repair` deletes it.
-const GARBAGE_GRACE: Duration = Duration::from_secs(3600);
-
 fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
     let loc = Location::parse(&store_path.to_string_lossy())?;
     if matches!(loc, Location::Embedded(_)) && !store_path.join("CURRENT").exists() {
@@ -498,7 +495,7 @@ fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
     if repair {
         // Data objects nothing references (slice stores only), old enough that no
         // operation in flight can still be about to reference them.
-        let removed = store.collect_garbage(GARBAGE_GRACE)?;
+        let removed = store.collect_garbage(crate::core::housekeeping::GARBAGE_GRACE)?;
         if removed > 0 {
             println!("removed {removed} unreferenced data object(s)");
         }

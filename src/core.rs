@@ -19,6 +19,7 @@ pub mod dir;
 pub mod events;
 pub mod fsck;
 pub mod global;
+pub mod housekeeping;
 pub mod locks;
 mod migrate;
 pub mod names;
@@ -108,10 +109,35 @@ pub fn conflicts_retried() -> u64 {
     CONFLICTS_RETRIED.load(Ordering::Relaxed)
 }
 
+/// Purges the files unlinked while open by mounts that have stopped (nobody can open them
+/// again); returns how many.
+fn purge_dead_orphans(store: &Store) -> Result<usize> {
+    let orphans = store.dead_orphans()?;
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let mut batch = store.batch();
+    for &ino in &orphans {
+        match store.inode(ino) {
+            // Relinked since (or damage): keep the inode, drop the stale record.
+            Ok(Some(inode)) if inode.nlink > 0 => batch.delete_orphan(ino),
+            _ => batch.purge_inode(ino)?,
+        }
+    }
+    batch.commit()?;
+    tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
+    Ok(orphans.len())
+}
+
 impl Core {
     /// Opens (or creates) the store at `path`. A new store's root belongs to `owner`.
     pub fn open(path: &Path, owner: (u32, u32)) -> Result<Core> {
         Core::with_store(Store::open(path)?, owner)
+    }
+
+    /// Purges what mounts that have stopped left unlinked while open (`housekeeping`).
+    pub fn purge_dead_orphans(&self) -> Result<usize> {
+        purge_dead_orphans(&self.store)
     }
 
     /// Core on an opened store (initialized first if it is new).
@@ -142,20 +168,7 @@ impl Core {
             });
             batch.commit()?;
         }
-        // Files unlinked while open by a mount that has stopped: nobody can open them again.
-        let orphans = store.dead_orphans()?;
-        if !orphans.is_empty() {
-            let mut batch = store.batch();
-            for &ino in &orphans {
-                match store.inode(ino) {
-                    // Relinked since (or damage): keep the inode, drop the stale record.
-                    Ok(Some(inode)) if inode.nlink > 0 => batch.delete_orphan(ino),
-                    _ => batch.purge_inode(ino)?,
-                }
-            }
-            batch.commit()?;
-            tracing::info!(count = orphans.len(), "purged inodes unlinked while open");
-        }
+        purge_dead_orphans(&store)?;
         let next = (store.max_ino()?.max(ROOT) + 1).max(store.ino_reserved()?);
         migrate::run(&store)?;
         let events = events::Events::open(&store)?;

@@ -1,8 +1,9 @@
 //! The life of a mount, beside the CLI that starts it: open the notification routing, start
-//! the dispatcher, mount the FUSE adapter, handle SIGTERM/SIGINT/SIGHUP (unmount, abandon
-//! running handler calls), tell systemd once the mount answers, raise the mount's readahead,
-//! serve until unmounted, then stop the dispatcher and flush the store. `fs` is the FUSE
-//! adapter only; this module wires it to `notify` and the process.
+//! the dispatcher and the housekeeping, mount the FUSE adapter, handle SIGTERM/SIGINT/SIGHUP
+//! (unmount, abandon running handler calls), tell systemd once the mount answers, raise the
+//! mount's readahead, serve until unmounted, then stop the dispatcher and the housekeeping
+//! and flush the store. `fs` is the FUSE adapter only; this module wires it to `notify` and
+//! the process.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
         config.background_interval,
     )?;
     fs.delivery = Some(dispatcher.counters.clone());
+    let housekeeper = crate::core::housekeeping::Housekeeper::start(core.clone())?;
     let notifier = fs.notifier();
     let mut session = fuser::Session::new(fs, &config.mountpoint, &config.fuser_config())
         .map_err(|e| Error::io(format!("mounting at {}", config.mountpoint.display()), e))?;
@@ -51,6 +53,7 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
         Err(e) => return Err(Error::io("serving FUSE requests", e)),
     }
     dispatcher.stop();
+    housekeeper.stop();
     // destroy() flushed the store if the kernel said goodbye; flush again for the case where
     // the session ended without it (the device was closed under us).
     core.shutdown()?;
