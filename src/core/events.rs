@@ -266,16 +266,19 @@ impl Core {
     }
 
     /// Up to `max` queued events from sequence number `from` on, in order.
+    /// An event is held if it was held before the read or after it: a Put is held from
+    /// before its commit and stays held until after the commit that replaces it, so the read
+    /// (on a shared store, a round trip to etcd) cannot come between and find it unheld.
     pub fn pending_events(&self, from: u64, max: usize) -> Result<Vec<PendingEvent>> {
-        let held = self.events.writes.held();
-        Ok(self
-            .store
-            .events(from, max)?
+        let before = self.events.writes.held();
+        let events = self.store.events(from, max)?;
+        let after = self.events.writes.held();
+        Ok(events
             .into_iter()
             .map(|(seq, event)| PendingEvent {
                 seq,
                 event,
-                held: held.contains_key(&seq),
+                held: before.contains_key(&seq) || after.contains_key(&seq),
             })
             .collect())
     }

@@ -34,7 +34,10 @@ use crate::core::Core;
 use crate::error::Result;
 use crate::store::codec::events::QueuedEvent;
 
-/// Events read per page, and most handled per round.
+/// Events read per page, and most handled per round. A round's first page is small and each
+/// next one twice as large: a round cut short by slow scripts has read little it did not
+/// handle (on a shared store every page is a round trip carrying its events).
+const FIRST_PAGE: usize = 32;
 const PAGE: usize = 512;
 const ROUND: usize = 8192;
 /// A round stops after this long (slow scripts), so the other kind gets its turn.
@@ -287,13 +290,15 @@ impl Worker {
             waiting: None,
         };
         let (mut seen, deadline) = (0, Instant::now() + ROUND_TIME);
+        let mut want = FIRST_PAGE;
         while seen < ROUND {
-            let page = self.core.pending_events(read.end, PAGE)?;
+            let page = self.core.pending_events(read.end, want)?;
             if page.is_empty() {
                 read.at_end = true;
                 break;
             }
-            read.at_end = page.len() < PAGE;
+            read.at_end = page.len() < want;
+            want = (want * 2).min(PAGE);
             let (finished, handled) = self.page(&page, &mut blocked, deadline);
             let Some(last) = page[..handled].last().map(|p| p.seq) else {
                 break;

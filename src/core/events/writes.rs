@@ -227,7 +227,7 @@ impl Core {
     /// replacing a held one. The caller holds the object's lock. A failed commit leaves
     /// the file "written", so the next close or the release tries again.
     fn record_put(&self, ino: Ino, state: &mut Writing, held: bool) -> Result<()> {
-        let recorded = self.transact("close", || self.put_txn(ino, state));
+        let recorded = self.transact("close", || self.put_txn(ino, state, held));
         match recorded? {
             Recorded::Removed => {
                 // Removed while open: its Delete is queued; a Put after it would resurrect it.
@@ -236,7 +236,7 @@ impl Core {
             }
             Recorded::Nowhere => state.written = false,
             Recorded::Put(queued) => {
-                self.replace_held(ino, &queued, held, state);
+                self.replace_held(&queued, held, state);
                 state.written = false;
                 self.queued(queued);
             }
@@ -245,7 +245,9 @@ impl Core {
     }
 
     /// The Put of `ino` as it is now, replacing the held one, in one checked transaction.
-    fn put_txn(&self, ino: Ino, state: &Writing) -> Result<Recorded> {
+    /// A Put to be `held` is held from before its commit: a dispatcher round reading the
+    /// queue meanwhile (on a shared store, reading it from etcd) must not deliver it.
+    fn put_txn(&self, ino: Ino, state: &Writing, hold: bool) -> Result<Recorded> {
         let mut txn = self.txn();
         let inode = txn.get(ino)?.clone();
         if inode.nlink == 0 {
@@ -279,13 +281,24 @@ impl Core {
             ..place.change()
         };
         let queued = self.queue(batch, change)?;
-        txn.commit()?;
+        let held = &self.events.writes.held;
+        if hold {
+            held.lock()
+                .extend(queued.seqs.iter().map(|&seq| (seq, ino)));
+        }
+        if let Err(e) = txn.commit() {
+            let mut held = held.lock();
+            for seq in queued.seqs.iter().filter(|_| hold) {
+                held.remove(seq);
+            }
+            return Err(e);
+        }
         Ok(Recorded::Put(queued))
     }
 
-    /// After a Put of `ino` was recorded: the old held entries are gone from the queue,
-    /// and the new ones are held (`hold`) or not.
-    fn replace_held(&self, ino: Ino, queued: &super::Enqueued, hold: bool, state: &mut Writing) {
+    /// After a Put was recorded: the old held entries are gone from the queue, and the new
+    /// ones are held (`hold`: `put_txn` marked them) or not.
+    fn replace_held(&self, queued: &super::Enqueued, hold: bool, state: &mut Writing) {
         let old = std::mem::take(&mut state.held);
         let events = &self.events;
         let mut held = events.writes.held.lock();
@@ -299,7 +312,6 @@ impl Core {
                 Some(p.saturating_sub(n))
             });
         if hold {
-            held.extend(queued.seqs.iter().map(|&seq| (seq, ino)));
             state.held = queued.seqs.clone();
         }
     }
