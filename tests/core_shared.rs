@@ -304,10 +304,11 @@ fn the_collector_removes_only_objects_no_file_references() {
     a.write(f, 0, &second).unwrap();
     let store = fs.store();
     {
-        // A change whose commit never comes (the mount died after storing its objects).
+        // A change whose commit never comes (the mount died after storing its objects);
+        // larger than a slice list holds inline, so it makes an object.
         let mut batch = store.batch();
         let mut edits = lunafs::store::data::Edits::new(first.len() as u64);
-        edits.write(100, b"never committed").unwrap();
+        edits.write(100, &[9u8; 20_000]).unwrap();
         batch.apply(f, &edits).unwrap();
     }
     let hour = std::time::Duration::from_secs(3600);
@@ -477,5 +478,44 @@ fn scattered_writes_in_one_chunk_read_back_through_their_objects() {
         );
     }
     drop((a, b));
+    assert_clean(&fs);
+}
+
+#[test]
+fn small_files_live_in_their_slice_lists_and_grow_into_objects() {
+    let (fs, a, b, bucket) = two_mounts(true);
+    let Fs::Shared(url) = &fs else { unreachable!() };
+    let f = a.create(CTX, bucket, &n("small"), 0o644).unwrap().ino;
+    let small: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    a.write(f, 0, &small).unwrap();
+    a.sync_file(f).unwrap();
+    assert_eq!(
+        common::cluster::stored_bytes(url),
+        0,
+        "a 4 KiB file makes no RADOS object"
+    );
+    b.revalidate(f).unwrap();
+    assert_eq!(
+        b.read(f, 0, 8192).unwrap(),
+        small,
+        "read on the other mount"
+    );
+    // Past what a list holds inline, new bytes go to an object; the inline ones stay.
+    let big = vec![5u8; 40_000];
+    a.write(f, 4096, &big).unwrap();
+    a.sync_file(f).unwrap();
+    assert!(common::cluster::stored_bytes(url) >= 40_000);
+    let mut want = small.clone();
+    want.extend_from_slice(&big);
+    b.revalidate(f).unwrap();
+    assert_eq!(b.read(f, 0, 1 << 20).unwrap(), want);
+    // A truncate into the inline bytes keeps what is left of them.
+    let cut = lunafs::core::object::SetAttr {
+        size: Some(100),
+        ..Default::default()
+    };
+    a.setattr(f, &cut).unwrap();
+    b.revalidate(f).unwrap();
+    assert_eq!(b.read(f, 0, 1 << 20).unwrap(), &small[..100]);
     assert_clean(&fs);
 }

@@ -277,8 +277,9 @@ pub fn decode_blob(v: &[u8]) -> Result<&[u8]> {
     }
 }
 
-/// One piece of a chunk stored in RADOS: bytes `pos..pos + len` of the chunk are bytes
-/// `skip..skip + len` of object `id` (`data/slices.rs` names the object).
+/// One piece of a chunk: bytes `pos..pos + len` of the chunk are bytes `skip..skip + len` of
+/// RADOS object `id` (`data/slices.rs` names the object), or of the list's own inline bytes
+/// when `id` is `INLINE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slice {
     pub pos: u32,
@@ -287,31 +288,57 @@ pub struct Slice {
     pub id: u64,
 }
 
-const SLICE_BYTES: usize = 4 + 4 + 4 + 8;
+/// The `id` of a slice whose bytes are in its list's value, not in an object.
+pub const INLINE: u64 = u64::MAX;
 
-/// A chunk's slice list: disjoint slices in `pos` order.
-pub fn encode_slices(slices: &[Slice]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + slices.len() * SLICE_BYTES);
-    v.push(V1);
-    for s in slices {
+/// A chunk's slice list: disjoint slices in `pos` order, and the bytes of its inline ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkList {
+    pub slices: Vec<Slice>,
+    pub inline: Vec<u8>,
+}
+
+const SLICE_BYTES: usize = 4 + 4 + 4 + 8;
+/// A list with inline bytes: `[V_INLINE][count u32][slices][inline bytes]`. Without any, a
+/// list is `[V1][slices]`, as before inline bytes existed.
+const V_INLINE: u8 = 2;
+
+pub fn encode_chunk_list(list: &ChunkList) -> Vec<u8> {
+    let n = list.slices.len();
+    let mut v = Vec::with_capacity(5 + n * SLICE_BYTES + list.inline.len());
+    match list.inline.is_empty() {
+        true => v.push(V1),
+        false => {
+            v.push(V_INLINE);
+            v.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    for s in &list.slices {
         v.extend_from_slice(&s.pos.to_be_bytes());
         v.extend_from_slice(&s.len.to_be_bytes());
         v.extend_from_slice(&s.skip.to_be_bytes());
         v.extend_from_slice(&s.id.to_be_bytes());
     }
+    v.extend_from_slice(&list.inline);
     v
 }
 
-pub fn decode_slices(v: &[u8]) -> Result<Vec<Slice>> {
-    let body = decode_blob(v)?;
-    if body.len() % SLICE_BYTES != 0 {
-        return Err(Error::Corrupt(format!(
-            "slice list of {} bytes",
-            body.len()
-        )));
+pub fn decode_chunk_list(v: &[u8]) -> Result<ChunkList> {
+    let bad = || Error::Corrupt(format!("slice list of {} bytes", v.len()));
+    let (slices, inline) = match v.split_first() {
+        Some((&V_INLINE, rest)) if rest.len() >= 4 => {
+            let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let end = n.checked_mul(SLICE_BYTES).and_then(|b| b.checked_add(4));
+            let end = end.filter(|&e| e <= rest.len()).ok_or_else(bad)?;
+            (&rest[4..end], &rest[end..])
+        }
+        _ => (decode_blob(v)?, &[][..]),
+    };
+    if slices.len() % SLICE_BYTES != 0 {
+        return Err(bad());
     }
     let u32_at = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    Ok(body
+    let slices = slices
         .chunks_exact(SLICE_BYTES)
         .map(|b| Slice {
             pos: u32_at(b, 0),
@@ -319,7 +346,11 @@ pub fn decode_slices(v: &[u8]) -> Result<Vec<Slice>> {
             skip: u32_at(b, 8),
             id: u64::from_be_bytes(b[12..20].try_into().unwrap_or_default()),
         })
-        .collect())
+        .collect();
+    Ok(ChunkList {
+        slices,
+        inline: inline.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -351,6 +382,34 @@ mod tests {
             bucket: 2,
             target: b"../x\0y".to_vec(),
         }
+    }
+
+    #[test]
+    fn chunk_lists_round_trip_with_and_without_inline_bytes() {
+        let slice = |id| Slice {
+            pos: 3,
+            len: 4,
+            skip: 0,
+            id,
+        };
+        let plain = ChunkList {
+            slices: vec![slice(9)],
+            inline: Vec::new(),
+        };
+        let v = encode_chunk_list(&plain);
+        assert_eq!(
+            v[0], V1,
+            "a list without inline bytes keeps the first format"
+        );
+        assert_eq!(decode_chunk_list(&v).unwrap(), plain);
+        let inline = ChunkList {
+            slices: vec![slice(INLINE), Slice { pos: 9, ..slice(5) }],
+            inline: b"data".to_vec(),
+        };
+        let v = encode_chunk_list(&inline);
+        assert_eq!(decode_chunk_list(&v).unwrap(), inline);
+        assert!(decode_chunk_list(&v[..7]).is_err(), "a cut list is refused");
+        assert!(decode_chunk_list(&[V_INLINE, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 
     #[test]

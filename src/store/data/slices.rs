@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Checked, Data, DataFinding, Edits, Fix, Owner};
 use crate::error::{Error, Result};
-use crate::store::codec::{decode_slices, encode_slices, Slice};
+use crate::store::codec::{decode_chunk_list, encode_chunk_list, ChunkList, Slice, INLINE};
 use crate::store::keys::{self, Ino};
 use crate::store::meta::{Meta, Writes};
 use crate::store::rados::Pool;
@@ -40,6 +40,10 @@ pub const CHUNK: u64 = 4 << 20;
 const MAX_OBJECTS: usize = 16;
 /// Pieces a list may hold (its etcd value stays a few KiB).
 const MAX_SLICES: usize = 256;
+/// Live bytes a chunk list may hold inline, in its own value: a small file's data rides in
+/// the commit that stores it (no RADOS object, one round trip less) and reads of it come with
+/// the list (from the read cache, on other mounts too). Past this, new bytes go to objects.
+const INLINE_MAX: usize = 16 << 10;
 /// Reads retried when a listed object vanished (collected after a concurrent change).
 const READ_ATTEMPTS: usize = 4;
 
@@ -74,13 +78,13 @@ impl Slices {
     }
 
     /// The slice lists of `ino`'s chunks `indexes` (absent: empty).
-    fn lists(&self, meta: &dyn Meta, ino: Ino, indexes: &[u64]) -> Result<Vec<Vec<Slice>>> {
+    fn lists(&self, meta: &dyn Meta, ino: Ino, indexes: &[u64]) -> Result<Vec<ChunkList>> {
         let keys: Vec<[u8; 16]> = indexes.iter().map(|&i| keys::chunk(ino, i)).collect();
         let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-        let mut out = vec![Vec::new(); indexes.len()];
+        let mut out = vec![ChunkList::default(); indexes.len()];
         meta.multi_get(Cf::Chunks, &refs, &mut |i, v| {
             if let Some(v) = v {
-                out[i] = decode_slices(v)?;
+                out[i] = decode_chunk_list(v)?;
             }
             Ok(())
         })?;
@@ -93,19 +97,23 @@ impl Slices {
         &self,
         ino: Ino,
         index: u64,
-        list: &[Slice],
+        list: &ChunkList,
         from: u32,
         out: &mut [u8],
     ) -> Result<bool> {
         let to = from + out.len() as u32;
         // Per object, the pieces wanted: (offset in the object, length, offset in `out`).
         let mut wanted: BTreeMap<u64, Vec<(u32, u32, u32)>> = BTreeMap::new();
-        for s in list {
+        for s in &list.slices {
             let (lo, hi) = (s.pos.max(from), (s.pos + s.len).min(to));
             if lo < hi {
                 let piece = (s.skip + lo - s.pos, hi - lo, lo - from);
                 wanted.entry(s.id).or_default().push(piece);
             }
+        }
+        for (at, len, dst) in wanted.remove(&INLINE).unwrap_or_default() {
+            let got = inline_piece(list, at, len)?;
+            out[dst as usize..dst as usize + got.len()].copy_from_slice(got);
         }
         // One read per object, of the span its pieces cover (one change's pieces lie side by
         // side in its object).
@@ -128,42 +136,75 @@ impl Slices {
         Ok(true)
     }
 
-    /// Stores the writes of `e` that fall in chunk `index` as one new object; their slices.
-    fn store_writes(&self, ino: Ino, index: u64, e: &Edits) -> Result<Vec<Slice>> {
+    /// Lays the writes of `e` that fall in chunk `index` over `list`: inline while the list's
+    /// live inline bytes stay within `INLINE_MAX`, else as one new object.
+    fn store_writes(&self, ino: Ino, index: u64, e: &Edits, list: &mut ChunkList) -> Result<()> {
         let base = index * CHUNK;
         let (mut bytes, mut slices) = (Vec::new(), Vec::new());
-        let id = self.new_id();
         for (at, b) in e.extents_in(base, base + CHUNK) {
             let (lo, hi) = (at.max(base), (at + b.len() as u64).min(base + CHUNK));
             slices.push(Slice {
                 pos: (lo - base) as u32,
                 len: (hi - lo) as u32,
                 skip: bytes.len() as u32,
-                id,
+                id: INLINE,
             });
             bytes.extend_from_slice(&b[(lo - at) as usize..(hi - at) as usize]);
         }
-        if !slices.is_empty() {
-            self.pool.put(&object(ino, index, id), &bytes)?;
+        if slices.is_empty() {
+            return Ok(());
         }
-        Ok(slices)
+        let (id, skip) = match inline_bytes(list) + bytes.len() <= INLINE_MAX {
+            true => {
+                let at = list.inline.len() as u32;
+                list.inline.extend_from_slice(&bytes);
+                (INLINE, at)
+            }
+            false => {
+                let id = self.new_id();
+                self.pool.put(&object(ino, index, id), &bytes)?;
+                (id, 0)
+            }
+        };
+        for s in slices {
+            overlay(
+                &mut list.slices,
+                Slice {
+                    id,
+                    skip: s.skip + skip,
+                    ..s
+                },
+            );
+        }
+        Ok(())
     }
 
-    /// One object holding chunk `index` as `list` describes it.
-    fn compact(&self, ino: Ino, index: u64, list: &[Slice]) -> Result<Vec<Slice>> {
-        let end = list.iter().map(|s| s.pos + s.len).max().unwrap_or(0);
+    /// Chunk `index` as `list` describes it, in one piece: inline if it is small enough,
+    /// else one new object.
+    fn compact(&self, ino: Ino, index: u64, list: &ChunkList) -> Result<ChunkList> {
+        let end = list_end(&list.slices);
         let mut bytes = vec![0u8; end as usize];
         if !self.read_chunk(ino, index, list, 0, &mut bytes)? {
             return Err(Error::Conflict); // changed meanwhile: the operation runs again
         }
-        let id = self.new_id();
-        self.pool.put(&object(ino, index, id), &bytes)?;
-        Ok(vec![Slice {
+        let whole = |id| Slice {
             pos: 0,
             len: end,
             skip: 0,
             id,
-        }])
+        };
+        if bytes.len() <= INLINE_MAX {
+            return Ok(ChunkList {
+                slices: vec![whole(INLINE)],
+                inline: bytes,
+            });
+        }
+        let id = self.new_id();
+        self.pool.put(&object(ino, index, id), &bytes)?;
+        Ok(ChunkList {
+            slices: vec![whole(id)],
+            inline: Vec::new(),
+        })
     }
 
     /// Deletes every object no slice list references and older than `grace`.
@@ -204,8 +245,9 @@ impl Slices {
     fn referenced(&self, meta: &dyn Meta) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
         meta.scan(Cf::Chunks, &[], None, &mut |k, v| {
-            if let (Some((ino, index)), Ok(list)) = (keys::decode_chunk(k), decode_slices(v)) {
-                out.extend(list.iter().map(|s| object(ino, index, s.id)));
+            if let (Some((ino, index)), Ok(list)) = (keys::decode_chunk(k), decode_chunk_list(v)) {
+                let ids = list.slices.iter().filter(|s| s.id != INLINE);
+                out.extend(ids.map(|s| object(ino, index, s.id)));
             }
             Ok(true)
         })?;
@@ -253,6 +295,49 @@ fn clip(list: &mut Vec<Slice>, end: u32) {
 
 fn list_end(list: &[Slice]) -> u32 {
     list.iter().map(|s| s.pos + s.len).max().unwrap_or(0)
+}
+
+/// Bytes of `list`'s inline slices.
+fn inline_bytes(list: &ChunkList) -> usize {
+    let inline = list.slices.iter().filter(|s| s.id == INLINE);
+    inline.map(|s| s.len as usize).sum()
+}
+
+/// `len` inline bytes of `list` from `at`.
+fn inline_piece(list: &ChunkList, at: u32, len: u32) -> Result<&[u8]> {
+    let (from, to) = (at as usize, at as usize + len as usize);
+    list.inline.get(from..to).ok_or_else(|| {
+        Error::Corrupt(format!(
+            "slice list: inline bytes {from}..{to} of {}",
+            list.inline.len()
+        ))
+    })
+}
+
+/// `list` keeping only the inline bytes its slices still use.
+fn repack(list: &mut ChunkList) -> Result<()> {
+    let mut kept = Vec::with_capacity(inline_bytes(list));
+    for s in list.slices.iter().filter(|s| s.id == INLINE) {
+        kept.extend_from_slice(inline_piece(list, s.skip, s.len)?);
+    }
+    let mut at = 0;
+    for s in list.slices.iter_mut().filter(|s| s.id == INLINE) {
+        s.skip = at;
+        at += s.len;
+    }
+    list.inline = kept;
+    Ok(())
+}
+
+/// Stores `list` as chunk `index` of `ino` (deletes it when empty), unused inline bytes dropped.
+fn put_list(w: &mut dyn Writes, ino: Ino, index: u64, mut list: ChunkList) -> Result<()> {
+    let key = keys::chunk(ino, index);
+    repack(&mut list)?;
+    match list.slices.is_empty() {
+        true => w.delete(Cf::Chunks, &key),
+        false => w.put(Cf::Chunks, &key, &encode_chunk_list(&list)),
+    }
+    Ok(())
 }
 
 impl Data for Slices {
@@ -307,26 +392,24 @@ impl Data for Slices {
             touched.extend(at / CHUNK..=(at + b.len() as u64 - 1) / CHUNK);
         }
         let loaded: Vec<u64> = touched.iter().copied().filter(|&i| i < gone_from).collect();
-        let mut lists: BTreeMap<u64, Vec<Slice>> = loaded
+        let mut lists: BTreeMap<u64, ChunkList> = loaded
             .iter()
             .copied()
             .zip(self.lists(meta, ino, &loaded)?)
             .collect();
         for i in touched {
             let mut list = lists.remove(&i).unwrap_or_default();
-            clip(&mut list, kept.saturating_sub(i * CHUNK).min(CHUNK) as u32);
-            for s in self.store_writes(ino, i, e)? {
-                overlay(&mut list, s);
-            }
-            let objects = list.iter().map(|s| s.id).collect::<BTreeSet<_>>().len();
-            if objects > MAX_OBJECTS || list.len() > MAX_SLICES {
+            clip(
+                &mut list.slices,
+                kept.saturating_sub(i * CHUNK).min(CHUNK) as u32,
+            );
+            self.store_writes(ino, i, e, &mut list)?;
+            let objects = list.slices.iter().filter(|s| s.id != INLINE).map(|s| s.id);
+            let objects = objects.collect::<BTreeSet<_>>().len();
+            if objects > MAX_OBJECTS || list.slices.len() > MAX_SLICES {
                 list = self.compact(ino, i, &list)?;
             }
-            let key = keys::chunk(ino, i);
-            match list.is_empty() {
-                true => w.delete(Cf::Chunks, &key),
-                false => w.put(Cf::Chunks, &key, &encode_slices(&list)),
-            }
+            put_list(w, ino, i, list)?;
         }
         Ok(())
     }
@@ -342,7 +425,7 @@ impl Data for Slices {
                     .push(finding(0, format!("chunk key {k:?}"), Fix::None));
                 return Ok(true);
             };
-            let list = match decode_slices(v) {
+            let list = match decode_chunk_list(v) {
                 Ok(list) => list,
                 Err(e) => {
                     out.findings.push(finding(
@@ -353,17 +436,19 @@ impl Data for Slices {
                     return Ok(true);
                 }
             };
-            let missing = list
-                .iter()
-                .find(|s| !stored.contains(&object(ino, index, s.id)));
+            let missing = list.slices.iter().find(|s| match s.id {
+                INLINE => inline_piece(&list, s.skip, s.len).is_err(),
+                id => !stored.contains(&object(ino, index, id)),
+            });
             if let Some(s) = missing {
-                let problem = format!(
-                    "inode {ino} chunk {index}: object {} is missing",
-                    object(ino, index, s.id)
-                );
+                let what = match s.id {
+                    INLINE => format!("inline bytes {}+{}", s.skip, s.len),
+                    id => format!("object {}", object(ino, index, id)),
+                };
+                let problem = format!("inode {ino} chunk {index}: {what} is missing");
                 out.findings.push(finding(ino, problem, Fix::None));
             }
-            let end = index * CHUNK + list_end(&list) as u64;
+            let end = index * CHUNK + list_end(&list.slices) as u64;
             let found = super::misplaced(ino, owner(ino), index * CHUNK, end, &mut reported);
             out.findings.extend(found);
             Ok(true)
@@ -380,9 +465,9 @@ impl Data for Slices {
         if !size.is_multiple_of(CHUNK) {
             let i = size / CHUNK;
             let mut list = self.lists(meta, ino, &[i])?.remove(0);
-            if list_end(&list) as u64 > size % CHUNK {
-                clip(&mut list, (size % CHUNK) as u32);
-                w.put(Cf::Chunks, &keys::chunk(ino, i), &encode_slices(&list));
+            if list_end(&list.slices) as u64 > size % CHUNK {
+                clip(&mut list.slices, (size % CHUNK) as u32);
+                put_list(w, ino, i, list)?;
             }
         }
         Ok(())
@@ -430,6 +515,29 @@ mod tests {
             2,
             "a slice past the others leaves a hole between"
         );
+    }
+
+    #[test]
+    fn repacking_keeps_only_the_inline_bytes_in_use_and_in_order() {
+        let mut list = ChunkList {
+            slices: vec![s(0, 2, 4, INLINE), s(2, 3, 0, 7), s(5, 2, 0, INLINE)],
+            inline: b"abcdefgh".to_vec(),
+        };
+        repack(&mut list).unwrap();
+        assert_eq!(list.inline, b"efab");
+        assert_eq!(list.slices[0], s(0, 2, 0, INLINE));
+        assert_eq!(
+            list.slices[1],
+            s(2, 3, 0, 7),
+            "object slices are left alone"
+        );
+        assert_eq!(list.slices[2], s(5, 2, 2, INLINE));
+        assert_eq!(inline_bytes(&list), 4);
+        let mut bad = ChunkList {
+            slices: vec![s(0, 9, 0, INLINE)],
+            inline: b"short".to_vec(),
+        };
+        assert!(matches!(repack(&mut bad), Err(Error::Corrupt(_))));
     }
 
     #[test]
