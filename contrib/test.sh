@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of lunafs: unit, core (no kernel), real FUSE mounts and CLI, and the shared
-# backend's on a throwaway local etcd + Ceph (contrib/cluster.sh, stopped at exit).
+# backend's on a throwaway local etcd + Ceph (contrib/cluster.sh, stopped at exit); then the
+# mount, Lua and notification suites once more on the shared backend.
 # FUSE and cluster tests are required: they fail (not skip) when /dev/fuse, fusermount3,
 # etcd or Ceph is missing.
 set -euo pipefail
@@ -16,4 +17,10 @@ if [ -z "${LUNAFS_TEST_CLUSTER:-}" ]; then
   contrib/cluster.sh start "$LUNAFS_TEST_CLUSTER"
   export LUNAFS_TEST_CLUSTER
 fi
-cargo test --release --locked -- --test-threads="${LUNAFS_TEST_THREADS:-4}"
+threads=--test-threads="${LUNAFS_TEST_THREADS:-4}"
+cargo test --release --locked -- "$threads"
+# The mount, Lua and notification suites again, each mount on a new shared filesystem on the
+# cluster (etcd + Ceph) instead of an embedded store.
+shared=(mount_concurrency mount_crash mount_data mount_namespace mount_tools mount_xattr
+        lua_api lua_ceph lua_classes lua_limits lua_semantics notify)
+LUNAFS_TEST_BACKEND=shared cargo test --release --locked "${shared[@]/#/--test=}" -- "$threads"

@@ -442,8 +442,9 @@ fn a_handlers_size_change_is_seen_by_readers_with_a_warm_page_cache() {
 #[test]
 fn a_setfattr_call_that_would_shrink_the_object_is_refused_and_changes_nothing() {
     // The kernel's writeback cache keeps its own size; a setfattr call could not make it
-    // follow a shrink, so the call fails instead (README: Object classes).
-    let fs = TestFs::mount();
+    // follow a shrink, so the call fails instead (README: Object classes). Asked for: the
+    // shared backend's default is without it.
+    let fs = TestFs::with_options("allow_other,writeback_cache");
     fs.bucket("b");
     fs.put_class(
         "w",

@@ -261,14 +261,7 @@ fn events_wait_for_nats_and_jetstream_deduplicates_redelivery() {
     let mut fs = fs;
     // Copy the store while everything is still queued (a clean unmount first).
     fs.unmount();
-    let copy = fs.store.with_file_name("store-copy");
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(&fs.store)
-        .arg(&copy)
-        .status()
-        .unwrap()
-        .success());
+    let copy = fs.copy_store();
     fs.remount();
 
     nats.run();
@@ -289,8 +282,7 @@ fn events_wait_for_nats_and_jetstream_deduplicates_redelivery() {
     fs.unmount();
     // The copy holds the same 1000 queued events: delivering them again is a redelivery,
     // which the stream deduplicates by Nats-Msg-Id.
-    fs::remove_dir_all(&fs.store).unwrap();
-    fs::rename(&copy, &fs.store).unwrap();
+    fs.restore_store(copy);
     fs.remount();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -1045,10 +1037,12 @@ fn a_backlog_of_failing_events_longer_than_a_round_does_not_hold_up_other_bucket
     for i in 0..5 {
         fs::write(good.join(format!("f{i}")), b"ok").unwrap();
     }
+    let waited = std::time::Instant::now();
     let got = sub.take(5, WAIT);
+    eprintln!("the good bucket's events came in {:?}", waited.elapsed());
     let mut keys: Vec<String> = keys_and_sizes(&got).into_iter().map(|(k, _)| k).collect();
     keys.sort();
-    assert_eq!(keys, ["f0", "f1", "f2", "f3", "f4"]);
+    assert_eq!(keys, ["f0", "f1", "f2", "f3", "f4"], "{}", fs.stats());
     assert!(fs.stats()["events_pending"].as_u64().unwrap() >= 9000);
 }
 

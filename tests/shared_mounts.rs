@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{cluster, fsck_clean};
-use common::{succeeded, TestFs, LUNAFS};
+use common::{succeeded, write_and_close, TestFs, LUNAFS};
 
 /// Two mounts of a new filesystem. The kernel may cache attributes and entries for an hour:
 /// only the store's watch (kernel invalidations) can make one mount see the other's changes
@@ -342,5 +342,153 @@ fn an_fsynced_write_survives_kill_9_of_its_mount_before_the_close() {
         fs::read(b.path("d/kept")).is_ok_and(|c| c.starts_with(b"fsynced before the crash"))
     });
     drop(b);
+    fsck_clean(&url);
+}
+
+/// The small namespace both mounts race over: a bucket, three subdirectories, eight names.
+const RACE_DIRS: [&str; 4] = ["r", "r/d0", "r/d1", "r/d2"];
+
+/// One mount's 60 s of random operations (seeded: the seed is printed for a rerun). Races
+/// with the other mount give ENOENT, EEXIST, ENOTEMPTY and the like; any other error (EIO,
+/// EAGAIN from conflict retries running out) fails the test.
+fn random_ops(root: &Path, seed: u64, run_for: Duration) -> u64 {
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let allowed = [
+        libc::ENOENT,
+        libc::EEXIST,
+        libc::ENOTEMPTY,
+        libc::ENOTDIR,
+        libc::EISDIR,
+        libc::ENODATA,
+        libc::ESTALE,
+    ];
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < run_for {
+        let dir = root.join(RACE_DIRS[next(4) as usize]);
+        let file = dir.join(format!("f{}", next(8)));
+        let other = root
+            .join(RACE_DIRS[next(4) as usize])
+            .join(format!("f{}", next(8)));
+        let op = next(13);
+        let body: Vec<u8> = (0..next(20_000)).map(|i| (i + seed) as u8).collect();
+        let append = |f: &mut fs::File| f.write_all(&body);
+        let patch = |f: &mut fs::File| {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(&body[..body.len().min(4096)], next(30_000))
+        };
+        let r: std::io::Result<()> = match op {
+            0 => write_and_close(&file, &body),
+            1 => write_then_close(fs::OpenOptions::new().append(true).open(&file), append),
+            2 => write_then_close(fs::OpenOptions::new().write(true).open(&file), patch),
+            3 => fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_len(next(30_000))),
+            4 => fs::rename(&file, &other),
+            5 => fs::remove_file(&file),
+            6 if dir != root.join("r") => fs::create_dir(&dir),
+            7 if dir != root.join("r") => fs::remove_dir(&dir),
+            8 => xattr::set(
+                &file,
+                format!("user.k{}", next(4)),
+                &body[..body.len().min(64)],
+            ),
+            9 => xattr::remove(&file, format!("user.k{}", next(4))),
+            10 => fs::read(&file).map(drop),
+            11 => fs::read_dir(&dir).and_then(|mut d| d.try_for_each(|e| e.map(drop))),
+            _ => fs::metadata(&file).map(drop),
+        };
+        if let Err(e) = r {
+            let errno = e.raw_os_error().unwrap_or(0);
+            assert!(
+                allowed.contains(&errno),
+                "op {op} on {} (seed {seed}): {e}",
+                file.display()
+            );
+        }
+        ops += 1;
+    }
+    ops
+}
+
+/// Runs `write` on the file just opened, then closes it, failing if close(2) does.
+fn write_then_close(
+    opened: std::io::Result<fs::File>,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = opened?;
+    write(&mut f)?;
+    common::close(f.into_raw_fd())
+}
+
+/// Every path under `root` with its kind, size, content digest and xattrs, sorted. An error
+/// (a name the kernel still lists but the store no longer has) means "not settled yet".
+fn tree_listing(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let mut xattrs = Vec::new();
+            for name in xattr::list(&path)? {
+                let value = xattr::get(&path, &name)?;
+                xattrs.push(format!("{}={value:?}", name.to_string_lossy()));
+            }
+            xattrs.sort();
+            if fs::symlink_metadata(&path)?.is_dir() {
+                out.push(format!("{rel}/ {xattrs:?}"));
+                stack.push(path);
+            } else {
+                let data = fs::read(&path)?;
+                let sum = data.iter().fold(0u64, |h, &b| {
+                    h.wrapping_mul(1_099_511_628_211).wrapping_add(b as u64)
+                });
+                out.push(format!("{rel} {} {sum:x} {xattrs:?}", data.len()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn sixty_seconds_of_random_operations_on_both_mounts_leave_one_tree_and_a_clean_fsck() {
+    let (url, a, b) = two_mounts();
+    for d in RACE_DIRS {
+        fs::create_dir(a.path(d)).unwrap();
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let run_for = Duration::from_secs(60);
+    let (ra, rb) = (a.mnt.clone(), b.mnt.clone());
+    let on_a = std::thread::spawn(move || random_ops(&ra, seed, run_for));
+    let on_b = std::thread::spawn(move || random_ops(&rb, seed.rotate_left(29), run_for));
+    let (na, nb) = (on_a.join().unwrap(), on_b.join().unwrap());
+    eprintln!("random operations: {na} on a, {nb} on b (seed {seed})");
+    assert!(na > 100 && nb > 100, "both mounts did work: {na}, {nb}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listings = loop {
+        let listings = (tree_listing(&a.path("r")), tree_listing(&b.path("r")));
+        let settled = matches!(&listings, (Ok(x), Ok(y)) if x == y);
+        if settled || Instant::now() > deadline {
+            break listings;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (on_a, on_b) = (listings.0.unwrap(), listings.1.unwrap());
+    assert!(!on_a.is_empty(), "the race left something to compare");
+    assert_eq!(on_a, on_b, "the mounts list different trees");
+    drop((a, b));
     fsck_clean(&url);
 }

@@ -129,6 +129,44 @@ impl TestFs {
         serde_json::from_slice(&fs::read(self.path(".lunafs/stats")).unwrap()).unwrap()
     }
 
+    /// Bytes the store holds: the embedded store's files, or a shared filesystem's RADOS
+    /// objects (its metadata on etcd is not counted).
+    pub fn stored_bytes(&self) -> u64 {
+        let store = self.store.to_string_lossy();
+        match store.starts_with("etcd://") {
+            true => cluster::stored_bytes(&store),
+            false => dir_bytes(&self.store),
+        }
+    }
+
+    /// A copy of the store as it is now (unmounted): its directory, or a shared filesystem's
+    /// keys on etcd (its data objects are not copied: restore only what changes no data).
+    pub fn copy_store(&self) -> StoreCopy {
+        let store = self.store.to_string_lossy();
+        if store.starts_with("etcd://") {
+            return StoreCopy::Keys(cluster::etcd_keys(&store));
+        }
+        let copy = self.store.with_file_name("store-copy");
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&self.store)
+            .arg(&copy)
+            .output();
+        succeeded(&cp.unwrap());
+        StoreCopy::Dir(copy)
+    }
+
+    /// Puts the store back as `copy` found it (unmounted).
+    pub fn restore_store(&self, copy: StoreCopy) {
+        match copy {
+            StoreCopy::Keys(keys) => cluster::etcd_restore(&self.store.to_string_lossy(), keys),
+            StoreCopy::Dir(dir) => {
+                fs::remove_dir_all(&self.store).unwrap();
+                fs::rename(dir, &self.store).unwrap();
+            }
+        }
+    }
+
     /// Creates a bucket and returns its path.
     pub fn bucket(&self, name: &str) -> PathBuf {
         let p = self.path(name);
@@ -246,6 +284,46 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `fs::write`, but a failing close(2) is an error too (`fs::write` ignores it: with
+/// write-back, close is where the data is stored).
+pub fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    close(f.into_raw_fd())
+}
+
+/// Closes `fd`, saying how close(2) went.
+pub fn close(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: the caller owns `fd` and gives it up here.
+    match unsafe { libc::close(fd) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// What `TestFs::copy_store` saved.
+pub enum StoreCopy {
+    Dir(PathBuf),
+    Keys(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+/// Bytes in the files under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            match m.is_dir() {
+                true => dir_bytes(&e.path()),
+                false => m.len(),
+            }
+        })
+        .sum()
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {

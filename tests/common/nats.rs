@@ -166,7 +166,11 @@ impl Received {
 
 impl Sub {
     pub fn new(url: &str, subject: &str) -> Sub {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // A worker of its own reads the connection while the test does other work: a client
+        // read only inside `take` would fall behind a long burst of writes (the shared
+        // backend's creates take seconds), and the server drops a slow consumer.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
