@@ -683,6 +683,9 @@ struct OwnState {
     /// Commits sent and not answered, by number.
     sent: BTreeSet<u64>,
     next: u64,
+    /// Commits up to this number are no longer waited for: one the watch waited `OWN_WAIT`
+    /// for (etcd stalled under it) does not hold up every later change too.
+    given_up: u64,
 }
 
 /// A commit in flight; says its revision (or none) to `Own` when dropped.
@@ -732,11 +735,13 @@ impl Own {
                     return true;
                 }
                 let last = *sent_before.get_or_insert(s.next);
-                if s.sent.first().is_none_or(|&id| id > last) {
+                if s.sent.range(s.given_up + 1..=last).next().is_none() {
                     return false;
                 }
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                let mut s = self.state.lock();
+                s.given_up = s.given_up.max(sent_before.unwrap_or(0));
                 return false;
             }
         }
@@ -995,7 +1000,8 @@ impl Etcd {
     /// writes for when its compares now fail: finding every write in place means the first
     /// sending happened (Raft applies an old leader's entry before any later one, or never).
     /// Sending again is safe where the compares still hold: then the first never happened, or
-    /// it wrote only keys it did not check, and writing the same values again changes nothing.
+    /// it wrote only keys it did not check, which get the same values again (were one of them
+    /// written by another mount in between, ours lands on top, as a later blind write would).
     async fn send(
         &self,
         compares: Vec<Compare>,

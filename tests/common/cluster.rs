@@ -206,11 +206,7 @@ pub fn stored_bytes(url: &str) -> u64 {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "rados {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::succeeded(&out);
         String::from_utf8(out.stdout).unwrap()
     };
     rados(&["ls"])

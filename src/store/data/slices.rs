@@ -3,7 +3,9 @@
 //! A file is cut into chunks of `CHUNK` bytes. The `chunks` family maps (inode, chunk index)
 //! to the chunk's **slice list** (`codec::Slice`): disjoint pieces, each a byte range of one
 //! immutable RADOS object named `<ino>.<chunk>.<id>` (hex) in the filesystem's namespace.
-//! Bytes no slice covers are holes (zeros); no slice reaches past the file's size.
+//! Bytes no slice covers are holes (zeros); no slice reaches past the file's size. Up to
+//! `INLINE_MAX` live bytes of a chunk may instead be kept in the list's own value (slices of
+//! id `INLINE`): small files need no object at all.
 //!
 //! A change writes its new bytes as one new object per chunk it touches *before* the
 //! operation's transaction commits, and the transaction replaces the slice list: earlier
