@@ -14,6 +14,8 @@ PKGS=(
   ceph-mds ceph-fuse          # benchmarks (CephFS peer)
   bindfs fio                  # benchmarks (FUSE passthrough baseline, IOPS)
   systemd                     # systemd-analyze, to verify the unit file
+  prometheus curl             # promtool checks the /metrics a test scrapes with curl
+  man-db                      # man -w, to check the installed man pages
   util-linux mount            # mount(8), umount(8), mountpoint(1)
 )
 missing=()

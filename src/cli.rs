@@ -22,6 +22,7 @@ use crate::store::{Store, LOG_FILE};
 
 mod calls;
 mod notify;
+mod status;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,8 +73,26 @@ pub enum Cmd {
     },
     /// Unmount MOUNTPOINT and wait until its lunafs has flushed and released the store.
     Umount { mountpoint: PathBuf },
-    /// Show the health and counters of a mounted lunafs (its /.lunafs/stats).
-    Status { mountpoint: PathBuf },
+    /// Show how a mounted lunafs is doing: health, backend, rates, open files, handler calls,
+    /// events and topics. Exit status 0 healthy, 1 not answering, 2 usage errors.
+    Status {
+        mountpoint: PathBuf,
+        /// Print one JSON document (schema in the README) instead of the summary.
+        #[arg(long)]
+        json: bool,
+        /// Seconds between the two readings the rates come from.
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = interval)]
+        interval: Duration,
+    },
+    /// Print a shell completion script for lunafs (source it, or install it where your
+    /// shell looks: see the README).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (lunafs.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Check an unmounted store's every invariant; repair what is safe with --repair.
     /// Exit status as fsck(8): 0 clean, 1 errors corrected, 4 errors left.
     Fsck {
@@ -167,7 +186,21 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Umount { mountpoint } => umount(&absolute(&mountpoint)?).map(|_| 0),
-        Cmd::Status { mountpoint } => status(&absolute(&mountpoint)?).map(|_| 0),
+        Cmd::Status {
+            mountpoint,
+            json,
+            interval,
+        } => status::status(&absolute(&mountpoint)?, json, interval),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: the generator panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "lunafs", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .map_err(|e| Error::io("writing the completion script", e))?;
+            Ok(0)
+        }
+        Cmd::Manpages { dir } => manpages(&dir).map(|_| 0),
         Cmd::Format {
             location,
             data,
@@ -440,38 +473,78 @@ fn umount(mp: &Path) -> Result<()> {
     Ok(())
 }
 
-fn status(mp: &Path) -> Result<()> {
-    let store = mounted_store(mp)?
-        .ok_or_else(|| Error::Usage(format!("{} is not a lunafs mount", mp.display())))?;
-    // A hung daemon would block the read forever: ask from a thread and give up after 10 s.
-    let stats_path = mp.join(".lunafs/stats");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(fs::read_to_string(&stats_path));
-    });
-    match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(stats)) => {
-            println!("mounted: {} (store {})", mp.display(), store.display());
-            let backend = serde_json::from_str::<serde_json::Value>(&stats)
-                .ok()
-                .map(|v| {
-                    let answers = v["backend_answers"].as_bool() == Some(true);
-                    (v["backend"].as_str().unwrap_or("?").to_owned(), answers)
-                });
-            match backend {
-                Some((b, true)) => println!("health: answering; backend {b} answering"),
-                Some((b, false)) => println!("health: answering; backend {b} NOT answering"),
-                None => println!("health: answering"),
-            }
-            print!("{stats}");
-            Ok(())
-        }
-        Ok(Err(e)) => Err(Error::io(format!("{} is not answering", mp.display()), e)),
-        Err(_) => Err(Error::Usage(format!(
-            "{} did not answer within 10 s (is its lunafs process stuck?)",
-            mp.display()
-        ))),
+/// fsck's progress as a bar on stderr when it is a terminal; nothing when it is not.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = indicatif::ProgressBar::new_spinner();
+        // Steps with no items to count (the data check) still show that work goes on.
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bar(bar)
     }
+
+    fn style(template: &str) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+    }
+}
+
+impl crate::core::fsck::Progress for Bar {
+    fn step(&self, name: &'static str, total: Option<u64>) {
+        let b = &self.0;
+        match total {
+            Some(n) => {
+                b.set_style(Bar::style(
+                    "{msg:>15} [{bar:30}] {human_pos}/{human_len} {per_sec} eta {eta}",
+                ));
+                b.set_length(n);
+            }
+            None => {
+                b.set_style(Bar::style("{spinner} {msg:>13}: {human_pos} {per_sec}"));
+                b.unset_length();
+            }
+        }
+        b.set_message(name);
+        b.reset();
+    }
+
+    fn item(&self) {
+        self.0.inc(1);
+    }
+}
+
+/// `--interval`: seconds, at least 0.1 and at most an hour.
+fn interval(v: &str) -> std::result::Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err("expected seconds between 0.1 and 3600".into()),
+    }
+}
+
+/// Writes `lunafs.1` and `lunafs-SUBCOMMAND.1` (nested ones too) into `dir`.
+fn manpages(dir: &Path) -> Result<()> {
+    fn write(dir: &Path, name: &str, cmd: clap::Command) -> Result<()> {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone())
+            .title(name)
+            .render(&mut page)
+            .map_err(|e| Error::io(format!("rendering {}", path.display()), e))?;
+        fs::write(&path, page).map_err(|e| Error::io(format!("{}", path.display()), e))?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let sub_name = format!("{name}-{}", sub.get_name());
+            write(dir, &sub_name, sub.clone())?;
+        }
+        Ok(())
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("{}", dir.display()), e))?;
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(dir, "lunafs", cmd)
 }
 
 fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
@@ -491,7 +564,10 @@ fn fsck(store_path: &Path, repair: bool, options: &[String]) -> Result<i32> {
             loc.describe()
         )));
     }
-    let report = crate::core::fsck::fsck(&store, repair)?;
+    let bar = Bar::new();
+    let report = crate::core::fsck::fsck_showing(&store, repair, &bar);
+    bar.0.finish_and_clear();
+    let report = report?;
     if repair {
         // Data objects nothing references (slice stores only), old enough that no
         // operation in flight can still be about to reference them.

@@ -38,6 +38,8 @@ pub struct MountConfig {
     pub background_interval: Duration,
     /// Credentials and limits for a shared store's etcd and Ceph.
     pub access: crate::store::location::Access,
+    /// Where to serve Prometheus metrics (`crate::metrics`), if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl MountConfig {
@@ -56,6 +58,7 @@ impl MountConfig {
             lua_limits: crate::lua::Limits::default(),
             background_interval: Duration::from_secs(10),
             access: Default::default(),
+            metrics: None,
         }
     }
 
@@ -145,6 +148,8 @@ impl MountConfig {
                 }
                 self.access.timeout = Duration::from_secs_f64(secs);
             }
+            ("metrics", v) => self.metrics = Some(crate::metrics::parse_address(v)?),
+            ("nometrics", None) => self.metrics = None,
             ("etcd_user", Some(v)) => self.access.etcd_user = Some(v.to_owned()),
             ("etcd_password_file", Some(v)) => self.access.etcd_password_file = Some(v.into()),
             ("etcd_ca", Some(v)) => self.access.etcd_ca = Some(v.into()),
@@ -310,6 +315,7 @@ fn option_of(key: &str, value: &toml::Value) -> std::result::Result<String, Stri
             "writeback_cache" => "no_writeback_cache".into(),
             "allow_other" => "noallow_other".into(),
             "allow_root" => "noallow_root".into(),
+            "metrics" => "nometrics".into(),
             _ => return Err(format!("[mount] {key} = false is not a setting")),
         },
         toml::Value::Integer(n) => format!("{name}={n}"),

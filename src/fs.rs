@@ -66,6 +66,8 @@ pub struct LunaFs {
     pool: pool::CallPool,
     /// The notification dispatcher's counters (for stats), once it runs.
     pub delivery: Option<Arc<crate::notify::Counters>>,
+    /// Where the metrics exporter listens, if it runs (for stats).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Which files' cached pages are still good at their next open.
     stamps: stamps::Stamps,
 }
@@ -74,6 +76,11 @@ impl LunaFs {
     /// Where the session's notifier goes once the session exists.
     pub fn notifier(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
+    }
+
+    /// The request counters (for the metrics exporter).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
 
     /// What calls made outside a FUSE request (triggers) report their changes to.
@@ -129,8 +136,8 @@ impl LunaFs {
     /// The errno for a failed request, counted and logged (EIO as a warning: it means
     /// trouble in the store; the rest are refusals the caller is meant to see).
     fn fail(&self, op: Op, e: &Error) -> Errno {
-        self.stats.error(op);
         let code = e.errno();
+        self.stats.error(op, code);
         if code == libc::EIO {
             warn!(op = op.name(), error = %e, "request failed");
         } else {
@@ -166,6 +173,11 @@ impl LunaFs {
                 ),
                 ("leader", core.leads().to_string()),
                 ("mountpoint", json_str(&self.mountpoint)),
+                (
+                    "metrics",
+                    self.metrics
+                        .map_or("null".into(), |a| json_str(&a.to_string())),
+                ),
                 ("store_bytes", core.store_bytes().to_string()),
                 ("open_files", core.open_file_count().to_string()),
                 ("events_queued", core.events_queued().to_string()),
@@ -207,6 +219,7 @@ impl LunaFs {
             invoker,
             pool,
             delivery: None,
+            metrics: None,
             stamps: Default::default(),
         })
     }
@@ -339,7 +352,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEntry) {
-        self.stats.call(Op::Lookup);
+        let _timing = self.stats.call(Op::Lookup);
         match self.lookup_attr(parent.0, raw) {
             Ok(attr) => reply.entry(&self.ttl, &attr, GENERATION),
             Err(e) => reply.error(self.fail(Op::Lookup, &e)),
@@ -347,7 +360,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.stats.call(Op::Getattr);
+        let _timing = self.stats.call(Op::Getattr);
         match self.attr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(self.fail(Op::Getattr, &e)),
@@ -372,7 +385,7 @@ impl fuser::Filesystem for LunaFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.stats.call(Op::Setattr);
+        let _timing = self.stats.call(Op::Setattr);
         let change = SetAttr {
             mode,
             uid,
@@ -415,7 +428,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.stats.call(Op::Readlink);
+        let _timing = self.stats.call(Op::Readlink);
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(self.fail(Op::Readlink, &e)),
@@ -432,7 +445,7 @@ impl fuser::Filesystem for LunaFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.call(Op::Mknod);
+        let _timing = self.stats.call(Op::Mknod);
         let r = self.writable(parent.0).and_then(|_| {
             self.core
                 .mknod(ctx(req), parent.0, &name(raw)?, mode & !umask, rdev)
@@ -449,7 +462,7 @@ impl fuser::Filesystem for LunaFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.call(Op::Mkdir);
+        let _timing = self.stats.call(Op::Mkdir);
         let r = self.writable(parent.0).and_then(|_| {
             self.core
                 .mkdir(ctx(req), parent.0, &name(raw)?, mode & !umask)
@@ -458,7 +471,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
-        self.stats.call(Op::Unlink);
+        let _timing = self.stats.call(Op::Unlink);
         let r = if Control::owns(parent.0) {
             self.control.remove(&self.core, parent.0, raw.as_bytes())
         } else {
@@ -472,7 +485,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
-        self.stats.call(Op::Rmdir);
+        let _timing = self.stats.call(Op::Rmdir);
         let r = self.writable(parent.0).and_then(|_| {
             let name = name(raw)?;
             if parent.0 == ROOT && name.is_control_dir() {
@@ -494,7 +507,7 @@ impl fuser::Filesystem for LunaFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.stats.call(Op::Symlink);
+        let _timing = self.stats.call(Op::Symlink);
         let r = self.writable(parent.0).and_then(|_| {
             self.core.symlink(
                 ctx(req),
@@ -516,7 +529,7 @@ impl fuser::Filesystem for LunaFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.stats.call(Op::Rename);
+        let _timing = self.stats.call(Op::Rename);
         let r = (|| {
             self.writable(parent.0)?;
             self.writable(newparent.0)?;
@@ -550,7 +563,7 @@ impl fuser::Filesystem for LunaFs {
         newraw: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.stats.call(Op::Link);
+        let _timing = self.stats.call(Op::Link);
         let r = self
             .writable(ino.0)
             .and_then(|_| self.writable(newparent.0))
@@ -559,7 +572,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.call(Op::Open);
+        let _timing = self.stats.call(Op::Open);
         let r = (|| {
             if Control::owns(ino.0) {
                 return Ok((self.open_control(ino.0, flags)?, control_flags()));
@@ -604,7 +617,7 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.stats.call(Op::Read);
+        let _timing = self.stats.call(Op::Read);
         let r = if Control::owns(ino.0) {
             match self.handles.get(fh.0).as_deref() {
                 Some(Handle::Control { data }) => Ok(control::slice(data, offset, size).to_vec()),
@@ -638,7 +651,7 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.stats.call(Op::Write);
+        let _timing = self.stats.call(Op::Write);
         // The offset is the kernel's: for O_APPEND it is the end of the file, taken under the
         // kernel's inode lock from a size that only this mount changes. Appending on our own
         // would misplace mmap writeback and ignore fcntl(F_SETFL) clearing O_APPEND.
@@ -693,7 +706,7 @@ impl fuser::Filesystem for LunaFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.call(Op::Release);
+        let _timing = self.stats.call(Op::Release);
         let r = match self.handles.remove(fh.0).as_deref() {
             Some(Handle::File { ino, writing }) => {
                 // The Put goes first: a file unlinked while open is gone after close_file.
@@ -720,7 +733,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
-        self.stats.call(Op::Fsync);
+        let _timing = self.stats.call(Op::Fsync);
         match self.core.sync_file(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Fsync, &e)),
@@ -728,7 +741,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.call(Op::Opendir);
+        let _timing = self.stats.call(Op::Opendir);
         let r = (|| {
             if !Control::owns(ino.0) && self.core.getattr(ino.0)?.kind != Kind::Dir {
                 return Err(Error::NotDir(format!("inode {}", ino.0)));
@@ -752,7 +765,7 @@ impl fuser::Filesystem for LunaFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.stats.call(Op::Readdir);
+        let _timing = self.stats.call(Op::Readdir);
         match self.dir_listing(fh, offset) {
             Ok(listing) => {
                 for (i, e) in listing.iter().enumerate().skip(offset as usize) {
@@ -779,7 +792,7 @@ impl fuser::Filesystem for LunaFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.call(Op::Readdir);
+        let _timing = self.stats.call(Op::Readdir);
         match self.dir_listing(fh, offset) {
             Ok(listing) => {
                 for (i, e) in listing.iter().enumerate().skip(offset as usize) {
@@ -825,7 +838,7 @@ impl fuser::Filesystem for LunaFs {
         _ds: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.call(Op::Fsync);
+        let _timing = self.stats.call(Op::Fsync);
         match self.core.sync() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.fail(Op::Fsync, &e)),
@@ -833,7 +846,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.stats.call(Op::Statfs);
+        let _timing = self.stats.call(Op::Statfs);
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -852,7 +865,7 @@ impl fuser::Filesystem for LunaFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.stats.call(Op::Setxattr);
+        let _timing = self.stats.call(Op::Setxattr);
         let mode = match (
             flags & libc::XATTR_CREATE != 0,
             flags & libc::XATTR_REPLACE != 0,
@@ -887,7 +900,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, raw: &OsStr, size: u32, reply: ReplyXattr) {
-        self.stats.call(Op::Getxattr);
+        let _timing = self.stats.call(Op::Getxattr);
         let r = if Control::owns(ino.0) {
             Err(Error::NoAttr(raw.to_string_lossy().into_owned()))
         } else {
@@ -906,7 +919,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.stats.call(Op::Listxattr);
+        let _timing = self.stats.call(Op::Listxattr);
         let r = if Control::owns(ino.0) {
             Ok(Vec::new())
         } else {
@@ -916,7 +929,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, raw: &OsStr, reply: ReplyEmpty) {
-        self.stats.call(Op::Removexattr);
+        let _timing = self.stats.call(Op::Removexattr);
         let r = self
             .writable(ino.0)
             .and_then(|_| self.core.removexattr(req.uid(), ino.0, raw.as_bytes()));
@@ -927,7 +940,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.stats.call(Op::Access);
+        let _timing = self.stats.call(Op::Access);
         // With default_permissions the kernel decides access(2) itself; this answers only
         // if a kernel asks anyway, by the same mode-bit rules.
         match self.attr(ino.0) {
@@ -952,7 +965,7 @@ impl fuser::Filesystem for LunaFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.stats.call(Op::Create);
+        let _timing = self.stats.call(Op::Create);
         if Control::owns(parent.0) {
             let r = self.create_script(parent.0, raw.as_bytes());
             return match r {
@@ -1004,7 +1017,7 @@ impl fuser::Filesystem for LunaFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.stats.call(Op::Fallocate);
+        let _timing = self.stats.call(Op::Fallocate);
         let r = if mode != 0 {
             // Punching holes and collapsing ranges are not supported (yet).
             Err(Error::Unsupported(format!("fallocate mode {mode:#x}")))

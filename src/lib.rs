@@ -11,6 +11,7 @@ pub mod digest;
 pub mod error;
 pub mod fs;
 pub mod lua;
+pub mod metrics;
 pub mod mount;
 pub mod notify;
 pub mod store;

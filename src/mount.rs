@@ -1,5 +1,5 @@
 //! The life of a mount, beside the CLI that starts it: open the notification routing, start
-//! the dispatcher and the housekeeping, mount the FUSE adapter, handle SIGTERM/SIGINT/SIGHUP
+//! the dispatcher, the housekeeping and the metrics exporter, mount the FUSE adapter, handle SIGTERM/SIGINT/SIGHUP
 //! (unmount, abandon running handler calls), tell systemd once the mount answers, raise the
 //! mount's readahead, serve until unmounted, then stop the dispatcher and the housekeeping
 //! and flush the store. `fs` is the FUSE adapter only; this module wires it to `notify` and
@@ -22,6 +22,11 @@ use crate::systemd;
 pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
     let noatime = config.flags.contains(&fuser::MountOption::NoAtime);
     core.set_update_atime(!config.read_only && !noatime);
+    // Bound first: a port in use fails the mount before anything is mounted.
+    let exporter = config
+        .metrics
+        .map(crate::metrics::Exporter::bind)
+        .transpose()?;
     let routes = crate::notify::install(&core)?;
     let mut fs = LunaFs::new(core.clone(), config)?;
     let dispatcher = crate::notify::Dispatcher::start(
@@ -31,6 +36,15 @@ pub fn serve(core: Arc<Core>, config: &MountConfig) -> Result<()> {
         config.background_interval,
     )?;
     fs.delivery = Some(dispatcher.counters.clone());
+    if let Some(exporter) = exporter {
+        fs.metrics = exporter.address();
+        tracing::info!(address = ?fs.metrics, "serving Prometheus metrics at /metrics");
+        exporter.serve(crate::metrics::Sources {
+            stats: fs.stats(),
+            core: core.clone(),
+            delivery: dispatcher.counters.clone(),
+        })?;
+    }
     let housekeeper = crate::core::housekeeping::Housekeeper::start(core.clone())?;
     let notifier = fs.notifier();
     let mut session = fuser::Session::new(fs, &config.mountpoint, &config.fuser_config())

@@ -49,15 +49,33 @@ pub fn install(core: &Core) -> Result<Arc<Routes>> {
     Ok(routes)
 }
 
-/// How one topic (or trigger) is doing, as `/.lunafs/stats` shows it.
+/// How one topic (or trigger) is doing, as `/.lunafs/stats` and the metrics show it.
 #[derive(Debug, Clone, Default)]
-struct TopicState {
+pub struct TopicState {
     /// None until its connection was first looked at.
-    connected: Option<bool>,
-    delivered: u64,
-    failures: u64,
-    last_error: Option<String>,
-    last_error_ms: u64,
+    pub connected: Option<bool>,
+    /// Events delivered to it, and the messages they took.
+    pub delivered: u64,
+    pub published: u64,
+    /// Failed attempts; of the events they failed, how many wait for a retry and how many
+    /// were given up (max_retries).
+    pub failures: u64,
+    pub retried: u64,
+    pub dropped: u64,
+    pub last_error: Option<String>,
+    pub last_error_ms: u64,
+}
+
+impl TopicState {
+    /// "connected", "disconnected", "unused" (not tried yet) or "trigger" (a `call:` target).
+    pub fn state(&self, name: &str) -> &'static str {
+        match self.connected {
+            _ if name.starts_with("call:") => "trigger",
+            Some(true) => "connected",
+            Some(false) => "disconnected",
+            None => "unused",
+        }
+    }
 }
 
 /// Delivery counters since the mount, and each topic's state.
@@ -80,10 +98,11 @@ impl Counters {
         self.topics.lock().entry(name.into()).or_default().connected = Some(up);
     }
 
-    fn topic_delivered(&self, name: &str) {
+    fn topic_delivered(&self, name: &str, messages: u64) {
         let mut topics = self.topics.lock();
         let t = topics.entry(name.into()).or_default();
         t.delivered += 1;
+        t.published += messages;
         t.connected = Some(true);
     }
 
@@ -95,6 +114,22 @@ impl Counters {
         t.last_error_ms = record::millis(std::time::SystemTime::now());
     }
 
+    /// An event that failed for `name` waits for a retry (`dropped` false) or was given up.
+    fn topic_gave_up(&self, name: &str, dropped: bool) {
+        let mut topics = self.topics.lock();
+        let t = topics.entry(name.into()).or_default();
+        match dropped {
+            true => t.dropped += 1,
+            false => t.retried += 1,
+        }
+    }
+
+    /// Every topic's state, by name.
+    pub fn topics(&self) -> Vec<(String, TopicState)> {
+        let topics = self.topics.lock();
+        topics.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let topics: serde_json::Map<String, serde_json::Value> = self
@@ -102,18 +137,15 @@ impl Counters {
             .lock()
             .iter()
             .map(|(name, t)| {
-                let state = match t.connected {
-                    Some(true) => "connected",
-                    Some(false) => "disconnected",
-                    None => "unused",
-                };
-                let state = if name.starts_with("call:") { "trigger" } else { state };
                 (
                     name.clone(),
                     json!({
-                        "state": state,
+                        "state": t.state(name),
                         "delivered": t.delivered,
+                        "published": t.published,
                         "failures": t.failures,
+                        "retried": t.retried,
+                        "dropped": t.dropped,
                         "last_error": t.last_error,
                         "last_error_time": t.last_error.as_ref().map(|_| record::iso8601(t.last_error_ms)),
                     }),

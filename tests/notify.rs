@@ -7,33 +7,10 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use common::nats::{Nats, Sub};
+use common::nats::{all_events, Nats, Sub};
 use common::{sh, TestFs};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn topic(fs: &TestFs, name: &str, nats: &Nats, subject: &str, extra: &str) {
-    fs::write(
-        fs.path(&format!(".lunafs/topics/{name}.toml")),
-        format!(
-            "url = \"{}\"\nsubject = \"{subject}\"\nretry_sleep_duration = 0.2\n{extra}",
-            nats.url()
-        ),
-    )
-    .unwrap();
-}
-
-fn notifications(fs: &TestFs, bucket: &str, toml: &str) {
-    fs::write(
-        fs.path(&format!(".lunafs/notifications/{bucket}.toml")),
-        toml,
-    )
-    .unwrap();
-}
-
-fn all_events(id: &str, topic: &str) -> String {
-    format!("[[notification]]\nid = \"{id}\"\ntopic = \"{topic}\"\n")
-}
 
 fn md5sum(path: &std::path::Path) -> String {
     sh(&format!("md5sum '{}'", path.display()))
@@ -63,8 +40,8 @@ fn cp_rm_and_rsync_give_s3_records() {
     let mut sub = Sub::new(&nats.url(), "ev.>");
     let fs = TestFs::mount();
     let b = fs.bucket("photos");
-    topic(&fs, "t1", &nats, "ev.photos", "opaque_data = \"od\"");
-    notifications(&fs, "photos", &all_events("all", "t1"));
+    fs.put_topic("t1", &nats, "ev.photos", "opaque_data = \"od\"");
+    fs.put_notifications("photos", &all_events("all", "t1"));
 
     let src = fs.path("../src.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -173,9 +150,8 @@ fn filters_event_types_and_scripts_hold() {
     let mut sub = Sub::new(&nats.url(), ">");
     let fs = TestFs::mount();
     let b = fs.bucket("b");
-    topic(&fs, "t", &nats, "plain", "");
-    notifications(
-        &fs,
+    fs.put_topic("t", &nats, "plain", "");
+    fs.put_notifications(
         "b",
         r#"
 [[notification]]
@@ -253,8 +229,8 @@ fn events_wait_for_nats_and_jetstream_deduplicates_redelivery() {
     let mut nats = Nats::stopped();
     let fs = TestFs::mount();
     let b = fs.bucket("q");
-    topic(&fs, "js", &nats, "jsq.events", "jetstream = true");
-    notifications(&fs, "q", &all_events("n", "js"));
+    fs.put_topic("js", &nats, "jsq.events", "jetstream = true");
+    fs.put_notifications("q", &all_events("n", "js"));
     for i in 0..1000 {
         fs::write(b.join(format!("f{i:04}")), format!("{i}")).unwrap();
     }
@@ -302,8 +278,8 @@ fn events_queued_at_kill_9_are_delivered_after_restart() {
     let mut nats = Nats::stopped();
     let mut fs = TestFs::mount();
     let b = fs.bucket("k");
-    topic(&fs, "t", &nats, "kill.ev", "");
-    notifications(&fs, "k", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "kill.ev", "");
+    fs.put_notifications("k", &all_events("n", "t"));
     for i in 0..200 {
         fs::write(b.join(format!("f{i}")), b"x").unwrap();
     }
@@ -334,8 +310,8 @@ fn ten_thousand_events_from_concurrent_writers_share_one_connection() {
     let mut sub = Sub::new(&nats.url(), "many");
     let fs = TestFs::mount();
     let b = fs.bucket("m");
-    topic(&fs, "t", &nats, "many", "");
-    notifications(&fs, "m", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "many", "");
+    fs.put_notifications("m", &all_events("n", "t"));
     // Ten writers at once: their commits land out of sequence order, and the dispatcher,
     // which reads the queue from where it left off, must still find every entry.
     std::thread::scope(|s| {
@@ -379,8 +355,8 @@ fn global_table_survives_remount_and_background_script_runs() {
     let mut sub = Sub::new(&nats.url(), "bg");
     let mut fs = TestFs::with_options("allow_other,background_interval=0.2");
     let b = fs.bucket("g");
-    topic(&fs, "t", &nats, "unused", "");
-    notifications(&fs, "g", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "unused", "");
+    fs.put_notifications("g", &all_events("n", "t"));
     fs::write(
         fs.path(".lunafs/notify/g.lua"),
         "RGW.increment('events')\nRGW['last'] = event.s3.object.key\n",
@@ -419,9 +395,9 @@ fn a_failing_script_is_counted_logged_and_blocks_nothing_else() {
     let fs = TestFs::mount();
     let bad = fs.bucket("bad");
     let good = fs.bucket("good");
-    topic(&fs, "t", &nats, "ok", "max_retries = 2");
-    notifications(&fs, "bad", &all_events("n", "t"));
-    notifications(&fs, "good", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "ok", "max_retries = 2");
+    fs.put_notifications("bad", &all_events("n", "t"));
+    fs.put_notifications("good", &all_events("n", "t"));
     fs::write(
         fs.path(".lunafs/notify/bad.lua"),
         "error('broken on purpose')",
@@ -553,8 +529,8 @@ fn handler_calls_and_directory_renames_give_events() {
         "function f(i, o) objclass.write_full('after the call') \
          objclass.map_set_val('state', 'stamped') end objclass.register(f)",
     );
-    topic(&fs, "t", &nats, "h.ev", "");
-    notifications(&fs, "hb", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "h.ev", "");
+    fs.put_notifications("hb", &all_events("n", "t"));
 
     // A handler that changes the data: one Put, with the new content's MD5 and the omap the
     // call left.
@@ -612,9 +588,8 @@ fn handler_calls_filter_on_their_own_omap_remove_with_a_delete_and_reset_a_write
          function patch(i, o) objclass.write(0, 1, 'P') end objclass.register(patch) \
          function rm(i, o) objclass.remove() end objclass.register(rm)",
     );
-    topic(&fs, "t", &nats, "hc.ev", "");
-    notifications(
-        &fs,
+    fs.put_topic("t", &nats, "hc.ev", "");
+    fs.put_notifications(
         "hc",
         "[[notification]]\nid = \"ready\"\ntopic = \"t\"\nomap = { state = \"ready\" }\n",
     );
@@ -648,7 +623,7 @@ fn handler_calls_filter_on_their_own_omap_remove_with_a_delete_and_reset_a_write
     assert_eq!(fs::read(b.join("a")).unwrap(), b"Pagged!");
 
     // A handler's remove() of the last name is an ObjectRemoved:Delete.
-    notifications(&fs, "hc", &all_events("all", "t"));
+    fs.put_notifications("hc", &all_events("all", "t"));
     assert_eq!(fs.call("hc/a", "c.rm", b"").result, 0);
     let got = sub.take(1, WAIT);
     assert_eq!(got[0].record()["eventName"], "ObjectRemoved:Delete");
@@ -660,8 +635,8 @@ fn events_older_than_time_to_live_are_dropped_and_counted() {
     let nats = Nats::stopped(); // never started: nothing can be delivered
     let fs = TestFs::mount();
     let b = fs.bucket("ttl");
-    topic(&fs, "t", &nats, "ttl.ev", "time_to_live = 1");
-    notifications(&fs, "ttl", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "ttl.ev", "time_to_live = 1");
+    fs.put_notifications("ttl", &all_events("n", "t"));
     fs::write(b.join("f"), b"x").unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -683,8 +658,8 @@ fn a_child_closing_an_inherited_descriptor_does_not_make_an_early_put() {
     let mut sub = Sub::new(&nats.url(), "fork.ev");
     let fs = TestFs::mount();
     let b = fs.bucket("fork");
-    topic(&fs, "t", &nats, "fork.ev", "");
-    notifications(&fs, "fork", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "fork.ev", "");
+    fs.put_notifications("fork", &all_events("n", "t"));
     // A child forked while the file is open closes its copy at exec: a close(2) on the
     // file, before anything was written.
     let mut f = fs::File::create(b.join("f")).unwrap();
@@ -738,8 +713,8 @@ fn a_topic_url_that_does_not_parse_is_refused_and_delivery_goes_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("url") && err.contains("99999"), "{err}");
     // The dispatcher never saw them and delivers as usual.
-    topic(&fs, "good", &nats, "ok.b", "");
-    notifications(&fs, "b", &all_events("n", "good"));
+    fs.put_topic("good", &nats, "ok.b", "");
+    fs.put_notifications("b", &all_events("n", "good"));
     fs::write(fs.path("b/f"), b"x").unwrap();
     assert_eq!(sub.take(1, WAIT).len(), 1);
 }
@@ -763,8 +738,8 @@ fn shell_redirects_dd_dup_and_dup2_give_exactly_one_put_each() {
     let mut sub = Sub::new(&nats.url(), "one.>");
     let fs = TestFs::mount();
     let b = fs.bucket("s");
-    topic(&fs, "t", &nats, "one.s", "");
-    notifications(&fs, "s", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "one.s", "");
+    fs.put_notifications("s", &all_events("n", "t"));
     let dir = b.display();
     let py = |body: &str| format!("python3 -c \"import os\n{body}\"");
     let forms = [
@@ -805,8 +780,8 @@ fn a_kill_right_after_a_shell_close_keeps_its_one_put() {
     let mut nats = Nats::stopped();
     let mut fs = TestFs::mount();
     let b = fs.bucket("k");
-    topic(&fs, "t", &nats, "kill1.ev", "");
-    notifications(&fs, "k", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "kill1.ev", "");
+    fs.put_notifications("k", &all_events("n", "t"));
     sh(&format!("bash -c 'echo hello > {}/f'", b.display()));
     fs.kill9();
     nats.run();
@@ -822,8 +797,8 @@ fn a_topic_whose_server_is_down_shows_in_stats_and_warns() {
     let nats = Nats::stopped();
     let fs = TestFs::mount();
     let b = fs.bucket("d");
-    topic(&fs, "down", &nats, "down.ev", "");
-    notifications(&fs, "d", &all_events("n", "down"));
+    fs.put_topic("down", &nats, "down.ev", "");
+    fs.put_notifications("d", &all_events("n", "down"));
     fs::write(b.join("f"), b"x").unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -885,8 +860,8 @@ fn cp_of_a_jpeg_leaves_a_thumbnail_in_the_omap_with_no_client_call() {
     let fs = TestFs::mount();
     let b = fs.bucket("photos");
     fs.put_shipped_class("thumb");
-    topic(&fs, "t", &nats, "thumbs.ev", "");
-    notifications(&fs, "photos", &all_events("all", "t"));
+    fs.put_topic("t", &nats, "thumbs.ev", "");
+    fs.put_notifications("photos", &all_events("all", "t"));
     // The trigger as a user adds it.
     let out = Command::new(common::LUNAFS)
         .args([
@@ -955,8 +930,7 @@ fn a_failing_trigger_is_retried_counted_and_dropped_after_max_retries() {
         "broken",
         "function go(i, o) return -objclass.EIO end objclass.register(go)",
     );
-    notifications(
-        &fs,
+    fs.put_notifications(
         "f",
         "[[notification]]\nid = \"x\"\ncall = \"broken.go\"\nmax_retries = 2\nretry_sleep_duration = 0.1\n",
     );
@@ -981,8 +955,8 @@ fn a_metadata_change_while_a_put_is_held_arrives_after_it() {
     let mut sub = Sub::new(&nats.url(), "held.ev");
     let fs = TestFs::mount();
     let b = fs.bucket("held");
-    topic(&fs, "t", &nats, "held.ev", "");
-    notifications(&fs, "held", &all_events("n", "t"));
+    fs.put_topic("t", &nats, "held.ev", "");
+    fs.put_notifications("held", &all_events("n", "t"));
     // The close of the first descriptor records a held Put (the dup keeps the open alive);
     // the xattr change comes while it is held, the last close ends the hold.
     let path = b.join("f");
@@ -1014,9 +988,9 @@ fn a_backlog_of_failing_events_longer_than_a_round_does_not_hold_up_other_bucket
         ),
     )
     .unwrap();
-    topic(&fs, "good", &nats, "hol.good", "");
-    notifications(&fs, "bad", &all_events("n", "bad"));
-    notifications(&fs, "good", &all_events("n", "good"));
+    fs.put_topic("good", &nats, "hol.good", "");
+    fs.put_notifications("bad", &all_events("n", "bad"));
+    fs.put_notifications("good", &all_events("n", "good"));
     // A failing script, fast on an event's first attempt and slow on its retries: the
     // dispatcher cannot keep up with the retries that come due.
     fs::write(
@@ -1054,8 +1028,7 @@ fn a_trigger_skips_an_object_removed_or_renamed_before_it_runs() {
         "mark",
         "function done(i, o) objclass.map_set_val('done', '1') end objclass.register(done)",
     );
-    notifications(
-        &fs,
+    fs.put_notifications(
         "t",
         "[[notification]]\nid = \"m\"\ncall = \"mark.done\"\nevents = [\"ObjectCreated:*\"]\n",
     );

@@ -92,20 +92,45 @@ impl Scan {
     }
 }
 
+/// Told how far a check has come (the CLI draws a progress bar from it).
+pub trait Progress {
+    /// A new step begins, of `total` items when known.
+    fn step(&self, name: &'static str, total: Option<u64>);
+    /// One more item of the current step is checked.
+    fn item(&self);
+}
+
+/// No progress shown.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn step(&self, _: &'static str, _: Option<u64>) {}
+    fn item(&self) {}
+}
+
 fn show(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
 /// Checks the store and, with `repair`, applies the safe repairs in one batch.
 pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
+    fsck_showing(store, repair, &Quiet)
+}
+
+/// `fsck`, telling `progress` how far it has come.
+pub fn fsck_showing(store: &Store, repair: bool, progress: &dyn Progress) -> Result<Report> {
     let mut s = Scan::default();
-    store.scan_inodes(|ino, r| match r {
-        Ok(inode) => {
-            s.inodes.insert(ino, inode);
-        }
-        Err(e) => {
-            s.damaged.insert(ino);
-            s.find(false, format!("inode {ino}: {e}"));
+    progress.step("inodes", None);
+    store.scan_inodes(|ino, r| {
+        progress.item();
+        match r {
+            Ok(inode) => {
+                s.inodes.insert(ino, inode);
+            }
+            Err(e) => {
+                s.damaged.insert(ino);
+                s.find(false, format!("inode {ino}: {e}"));
+            }
         }
     })?;
     s.report.inodes = s.inodes.len() + s.damaged.len();
@@ -124,11 +149,14 @@ pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
         );
         return Ok(s.report);
     }
-    check_entries(store, &mut s)?;
-    check_inodes(store, &mut s)?;
+    check_entries(store, &mut s, progress)?;
+    check_inodes(store, &mut s, progress)?;
+    progress.step("data", None);
     check_data(store, &mut s)?;
-    check_queue(store, &mut s)?;
+    check_queue(store, &mut s, progress)?;
+    progress.step("attributes", None);
     store.scan_attr_owners(|ino, name| {
+        progress.item();
         if !s.inodes.contains_key(&ino) && !s.damaged.contains(&ino) && s.purge.insert(ino) {
             s.find(
                 true,
@@ -151,11 +179,17 @@ pub fn fsck(store: &Store, repair: bool) -> Result<Report> {
     Ok(s.report)
 }
 
-fn check_entries(store: &Store, s: &mut Scan) -> Result<()> {
+fn check_entries(store: &Store, s: &mut Scan, progress: &dyn Progress) -> Result<()> {
+    progress.step("reading entries", None);
     let mut entries = Vec::new();
-    store.scan_dentries(|parent, name, r| entries.push((parent, name.to_vec(), r)))?;
+    store.scan_dentries(|parent, name, r| {
+        progress.item();
+        entries.push((parent, name.to_vec(), r))
+    })?;
     s.report.entries = entries.len();
+    progress.step("entries", Some(entries.len() as u64));
     for (parent, name, r) in entries {
+        progress.item();
         let at = format!("entry {:?} in directory {parent}", show(&name));
         let d = match r {
             Ok(d) => d,
@@ -240,13 +274,15 @@ fn walk(s: &Scan) -> (HashMap<Ino, Ino>, BTreeSet<Ino>) {
     (bucket_of, split)
 }
 
-fn check_inodes(store: &Store, s: &mut Scan) -> Result<()> {
+fn check_inodes(store: &Store, s: &mut Scan, progress: &dyn Progress) -> Result<()> {
     let orphans: BTreeSet<Ino> = store.orphans()?.into_iter().collect();
     s.report.orphans = orphans.len();
     let (bucket_of, split) = walk(s);
     let mut inos: Vec<Ino> = s.inodes.keys().copied().collect();
     inos.sort_unstable();
+    progress.step("inode links", Some(inos.len() as u64));
     for ino in inos {
+        progress.item();
         let inode = s.inodes[&ino].clone();
         let links = s.links.get(&ino).copied().unwrap_or(0);
         let mut fixed = inode.clone();
@@ -362,7 +398,8 @@ fn check_data(store: &Store, s: &mut Scan) -> Result<()> {
 /// Queued events: each decodes as a record (an undecodable one can never be delivered:
 /// repair drops it), and the sequence reservation is above them all (else new events could
 /// reuse a number: repair raises it).
-fn check_queue(store: &Store, s: &mut Scan) -> Result<()> {
+fn check_queue(store: &Store, s: &mut Scan, progress: &dyn Progress) -> Result<()> {
+    progress.step("queued events", None);
     let reserved = store.event_reserved()?;
     let mut from = 0;
     loop {
@@ -372,6 +409,7 @@ fn check_queue(store: &Store, s: &mut Scan) -> Result<()> {
         };
         from = last + 1;
         for (seq, event) in page {
+            progress.item();
             s.report.events += 1;
             if let Err(e) = event {
                 s.find(true, format!("queued event {seq}: {e}"));

@@ -98,7 +98,7 @@ impl Job for XattrCall {
         match r {
             Ok(()) => self.reply.ok(),
             Err(e) => {
-                self.invoker.stats.error(Op::Setxattr);
+                self.invoker.stats.error(Op::Setxattr, e.errno());
                 tracing::debug!(error = %e, "handler call by setxattr failed");
                 self.reply.error(Errno::from_i32(e.errno()))
             }
@@ -208,9 +208,7 @@ impl Invoker {
             caller: Some(ctx.pid),
             cause: None,
         };
-        let reply = self
-            .core
-            .call(&target, Code::Class { class, method }, input)?;
+        let reply = self.timed_call(&target, Code::Class { class, method }, input)?;
         self.after_call(&target, &reply);
         let outcome = reply.outcome;
         if outcome.result < 0 {
@@ -223,6 +221,14 @@ impl Invoker {
         Ok(())
     }
 
+    /// Runs a handler call (and its commit), timed for the stats whatever its outcome.
+    fn timed_call(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
+        let started = std::time::Instant::now();
+        let reply = self.core.call(target, code, input);
+        self.stats.handler_took(started.elapsed());
+        reply
+    }
+
     /// Runs one `/.lunafs/call` request and returns the encoded response.
     fn run_request(&self, ctx: Ctx, request: &call::Request) -> Vec<u8> {
         let result = self.resolve(ctx, &request.path).and_then(|target| {
@@ -230,7 +236,7 @@ impl Invoker {
                 What::Exec { class, method } => Code::Class { class, method },
                 What::Eval { method, script } => Code::Inline { script, method },
             };
-            let reply = self.core.call(&target, code, &request.input)?;
+            let reply = self.timed_call(&target, code, &request.input)?;
             self.after_call(&target, &reply);
             Ok(reply)
         });

@@ -1,9 +1,14 @@
-//! Request counters of a mount, read through `/.lunafs/stats` and `lunafs status`.
-//! One relaxed atomic increment per request: cheap enough to always be on.
+//! Request counters of a mount, read through `/.lunafs/stats`, `lunafs status` and the
+//! Prometheus exporter (`crate::metrics`): requests and errors per FUSE operation, errors per
+//! errno, latency histograms per operation and of handler calls, bytes moved.
+//! A few relaxed atomic increments per request: cheap enough to always be on.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// The FUSE operations counted, in the order they are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +74,85 @@ impl Op {
     pub fn name(self) -> &'static str {
         OPS[self as usize].1
     }
+
+    /// Every operation, in report order.
+    pub fn all() -> impl Iterator<Item = Op> {
+        OPS.iter().map(|(op, _)| *op)
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds: 10 µs to 10 s, about three per decade.
+pub const LATENCY_BOUNDS: [f64; 19] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram of atomics: observing is a few relaxed increments, no lock.
+pub struct Latency {
+    /// Per bucket (not cumulative); the last counts what exceeds every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+/// A snapshot of a `Latency`: (sum in seconds, count, per-bucket counts by upper bound,
+/// the last bound `f64::MAX` for the overflow bucket).
+pub struct LatencySnapshot {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Latency {
+    fn new() -> Self {
+        Latency {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = LATENCY_BOUNDS.partition_point(|&b| b < secs);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        LatencySnapshot {
+            sum: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
+}
+
+/// Times one request from its start to the end of its handler (`Stats::call`).
+pub struct Timing<'a> {
+    latency: &'a Latency,
+    started: Instant,
+}
+
+impl Drop for Timing<'_> {
+    fn drop(&mut self) {
+        self.latency.observe(self.started.elapsed());
+    }
 }
 
 pub struct Stats {
     started: Instant,
     calls: [AtomicU64; OPS.len()],
     errors: [AtomicU64; OPS.len()],
+    latency: [Latency; OPS.len()],
+    /// Failed requests by (operation, errno): only failures pay for the lock.
+    errnos: Mutex<BTreeMap<(usize, i32), u64>>,
+    handler_latency: Latency,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     handler_calls: AtomicU64,
@@ -93,6 +171,9 @@ impl Stats {
             started: Instant::now(),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| Latency::new()),
+            errnos: Mutex::default(),
+            handler_latency: Latency::new(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             handler_calls: AtomicU64::new(0),
@@ -100,12 +181,20 @@ impl Stats {
         }
     }
 
-    pub fn call(&self, op: Op) {
+    /// Counts a request of `op`; its latency is taken when the returned guard drops.
+    #[must_use = "the request is timed until the guard drops"]
+    pub fn call(&self, op: Op) -> Timing<'_> {
         self.calls[op as usize].fetch_add(1, Ordering::Relaxed);
+        Timing {
+            latency: &self.latency[op as usize],
+            started: Instant::now(),
+        }
     }
 
-    pub fn error(&self, op: Op) {
+    /// Counts a failed request of `op` that the caller sees as `errno`.
+    pub fn error(&self, op: Op, errno: i32) {
         self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
+        *self.errnos.lock().entry((op as usize, errno)).or_default() += 1;
     }
 
     pub fn read(&self, n: usize) {
@@ -120,8 +209,39 @@ impl Stats {
         }
     }
 
+    /// How long one handler call took (run and commit), whatever its outcome.
+    pub fn handler_took(&self, took: Duration) {
+        self.handler_latency.observe(took);
+    }
+
     pub fn wrote(&self, n: usize) {
         self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Everything counted, for the exporter.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            started: self.started,
+            ops: Op::all()
+                .map(|op| OpSnapshot {
+                    name: op.name(),
+                    calls: load(&self.calls[op as usize]),
+                    latency: self.latency[op as usize].snapshot(),
+                })
+                .collect(),
+            errnos: self
+                .errnos
+                .lock()
+                .iter()
+                .map(|(&(op, errno), &n)| (OPS[op].1, errno, n))
+                .collect(),
+            handler_calls: load(&self.handler_calls),
+            handler_failures: load(&self.handler_failures),
+            handler_latency: self.handler_latency.snapshot(),
+            bytes_read: load(&self.bytes_read),
+            bytes_written: load(&self.bytes_written),
+        }
     }
 
     /// The counters as one JSON object; `extra` are further top-level `"key": value` pairs
@@ -160,6 +280,26 @@ impl Stats {
     }
 }
 
+/// One operation's counters.
+pub struct OpSnapshot {
+    pub name: &'static str,
+    pub calls: u64,
+    pub latency: LatencySnapshot,
+}
+
+/// The counters of a mount at one moment.
+pub struct Snapshot {
+    pub started: Instant,
+    pub ops: Vec<OpSnapshot>,
+    /// (operation, errno, failed requests).
+    pub errnos: Vec<(&'static str, i32, u64)>,
+    pub handler_calls: u64,
+    pub handler_failures: u64,
+    pub handler_latency: LatencySnapshot,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
 /// A string as a JSON string literal.
 pub fn json_str(v: &str) -> String {
     let mut out = String::with_capacity(v.len() + 2);
@@ -192,12 +332,39 @@ mod tests {
     #[test]
     fn counters_render_as_json() {
         let s = Stats::new();
-        s.call(Op::Write);
-        s.call(Op::Write);
-        s.error(Op::Lookup);
+        drop(s.call(Op::Write));
+        drop(s.call(Op::Write));
+        s.error(Op::Lookup, libc::ENOENT);
         let j = s.to_json(&[("store", json_str("/a \"b\""))]);
         assert!(j.contains("\"store\": \"/a \\\"b\\\"\""), "{j}");
         assert!(j.contains("\"write\": 2"), "{j}");
         assert!(j.contains("\"errors_total\": 1"), "{j}");
+    }
+
+    #[test]
+    fn latency_falls_in_the_first_bucket_at_or_above_it() {
+        let l = Latency::new();
+        l.observe(Duration::from_micros(10)); // exactly on the first bound
+        l.observe(Duration::from_micros(11));
+        l.observe(Duration::from_secs(60)); // past every bound
+        let snap = l.snapshot();
+        assert_eq!(snap.count, 3);
+        assert_eq!(snap.buckets[0], (1e-5, 1));
+        assert_eq!(snap.buckets[1], (2.5e-5, 1));
+        assert_eq!(snap.buckets.last(), Some(&(f64::MAX, 1)));
+        assert!((snap.sum - 60.000021).abs() < 1e-9, "{}", snap.sum);
+    }
+
+    #[test]
+    fn failures_are_counted_by_operation_and_errno() {
+        let s = Stats::new();
+        s.error(Op::Lookup, libc::ENOENT);
+        s.error(Op::Lookup, libc::ENOENT);
+        s.error(Op::Mkdir, libc::EEXIST);
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.errnos,
+            vec![("lookup", libc::ENOENT, 2), ("mkdir", libc::EEXIST, 1)]
+        );
     }
 }

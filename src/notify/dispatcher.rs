@@ -520,7 +520,7 @@ impl Worker {
             let c = &self.counters;
             c.published.fetch_add(out.messages, Ordering::Relaxed);
             c.delivered.fetch_add(1, Ordering::Relaxed);
-            c.topic_delivered(&topic.name);
+            c.topic_delivered(&topic.name, out.messages);
         }
         result
     }
@@ -558,10 +558,12 @@ impl Worker {
                 error = why,
                 "event dropped after max_retries"
             );
+            self.counters.topic_gave_up(name, true);
             return true;
         }
         r.due = Instant::now() + retry.backoff(r.attempts);
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        self.counters.topic_gave_up(name, false);
         false
     }
 

@@ -196,15 +196,19 @@ impl TestFs {
 
     /// kill -9 of the daemon, then a lazy unmount of the dead mount.
     pub fn kill9(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.kill9_leaving_mount();
         let _ = Command::new("fusermount3")
             .arg("-uz")
             .arg(&self.mnt)
             .output();
+    }
+
+    /// kill -9 of the daemon; its dead mount stays (ENOTCONN) until `kill9` or a remount.
+    pub fn kill9_leaving_mount(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
     }
 
     pub fn remount(&mut self) {

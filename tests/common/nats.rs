@@ -39,6 +39,34 @@ pub fn free_port() -> u16 {
     }
 }
 
+impl super::TestFs {
+    /// Writes topic `name`: `nats`'s URL, `subject`, quick retries, and `extra` TOML lines.
+    pub fn put_topic(&self, name: &str, nats: &Nats, subject: &str, extra: &str) {
+        std::fs::write(
+            self.path(&format!(".lunafs/topics/{name}.toml")),
+            format!(
+                "url = \"{}\"\nsubject = \"{subject}\"\nretry_sleep_duration = 0.2\n{extra}",
+                nats.url()
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Writes `bucket`'s notification settings.
+    pub fn put_notifications(&self, bucket: &str, toml: &str) {
+        std::fs::write(
+            self.path(&format!(".lunafs/notifications/{bucket}.toml")),
+            toml,
+        )
+        .unwrap();
+    }
+}
+
+/// Notification settings sending every event to `topic`.
+pub fn all_events(id: &str, topic: &str) -> String {
+    format!("[[notification]]\nid = \"{id}\"\ntopic = \"{topic}\"\n")
+}
+
 impl Nats {
     pub fn start() -> Nats {
         let dir = tempfile::tempdir().unwrap();
