@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of lunafs: unit, core (no kernel), real FUSE mounts and CLI, and the shared
 # backend's on a throwaway local etcd + Ceph (contrib/cluster.sh, stopped at exit); then the
-# mount, Lua and notification suites once more on the shared backend.
+# mount, Lua and notification suites once more on the shared backend; then the Debian
+# package (contrib/test-deb.sh: installed, mounted, removed).
 # FUSE and cluster tests are required: they fail (not skip) when /dev/fuse, fusermount3,
 # etcd or Ceph is missing.
 set -euo pipefail
@@ -24,3 +25,6 @@ cargo test --release --locked -- "$threads"
 shared=(mount_concurrency mount_crash mount_data mount_namespace mount_tools mount_xattr
         lua_api lua_ceph lua_classes lua_limits lua_semantics notify)
 LUNAFS_TEST_BACKEND=shared cargo test --release --locked "${shared[@]/#/--test=}" -- "$threads"
+
+# The Debian package, for real: dpkg -i, a mount through `mount -t fuse.lunafs`, dpkg -r.
+contrib/test-deb.sh
