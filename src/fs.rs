@@ -133,6 +133,11 @@ fn control_flags() -> FopenFlags {
 }
 
 impl LunaFs {
+    /// Counts a request on `ino` (and times it), unless it is monitoring's own.
+    fn count(&self, op: Op, ino: Ino) -> Option<stats::Timing<'_>> {
+        (!Control::is_monitoring(ino)).then(|| self.stats.call(op))
+    }
+
     /// The errno for a failed request, counted and logged (EIO as a warning: it means
     /// trouble in the store; the rest are refusals the caller is meant to see).
     fn fail(&self, op: Op, e: &Error) -> Errno {
@@ -352,7 +357,8 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, raw: &OsStr, reply: ReplyEntry) {
-        let _timing = self.stats.call(Op::Lookup);
+        let _timing = (!Control::is_monitoring_lookup(parent.0, raw.as_bytes()))
+            .then(|| self.stats.call(Op::Lookup));
         match self.lookup_attr(parent.0, raw) {
             Ok(attr) => reply.entry(&self.ttl, &attr, GENERATION),
             Err(e) => reply.error(self.fail(Op::Lookup, &e)),
@@ -360,7 +366,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _timing = self.stats.call(Op::Getattr);
+        let _timing = self.count(Op::Getattr, ino.0);
         match self.attr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl, &attr),
             Err(e) => reply.error(self.fail(Op::Getattr, &e)),
@@ -572,7 +578,7 @@ impl fuser::Filesystem for LunaFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _timing = self.stats.call(Op::Open);
+        let _timing = self.count(Op::Open, ino.0);
         let r = (|| {
             if Control::owns(ino.0) {
                 return Ok((self.open_control(ino.0, flags)?, control_flags()));
@@ -617,7 +623,7 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timing = self.stats.call(Op::Read);
+        let _timing = self.count(Op::Read, ino.0);
         let r = if Control::owns(ino.0) {
             match self.handles.get(fh.0).as_deref() {
                 Some(Handle::Control { data }) => Ok(control::slice(data, offset, size).to_vec()),
@@ -699,14 +705,14 @@ impl fuser::Filesystem for LunaFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _timing = self.stats.call(Op::Release);
+        let _timing = self.count(Op::Release, ino.0);
         let r = match self.handles.remove(fh.0).as_deref() {
             Some(Handle::File { ino, writing }) => {
                 // The Put goes first: a file unlinked while open is gone after close_file.

@@ -139,6 +139,11 @@ fn a_scrape_of_a_real_mount_passes_promtool_and_counts_what_happened() {
 fn the_exporter_speaks_openmetrics_when_asked_and_only_serves_metrics() {
     let fs = TestFs::with_options("metrics=0");
     let url = metrics_url(&fs);
+    // Families with nothing to show yet (no topics) are still clean.
+    let (code, text) = curl(&url, &[]);
+    assert_eq!(code, 200);
+    let checked = promtool(&text);
+    assert!(checked.status.success(), "{checked:?}\n{text}");
     let accept = "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5";
     let (code, text) = curl(&url, &["-H", accept]);
     assert_eq!(code, 200);
@@ -221,6 +226,12 @@ fn status_is_short_for_people_and_one_json_document_for_scripts() {
     assert!(doc["ops_total"].as_u64().unwrap() > 0, "{doc}");
     assert!(doc["ops_per_second"].is_number(), "{doc}");
     assert_eq!(doc["backend"]["answering"], true);
+    // Reading the stats is not counted in them: another status finds the same opens and reads.
+    let again = status(&["--json", "--interval", "0.2", mnt]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    for op in ["lookup", "open", "read", "release"] {
+        assert_eq!(doc["stats"]["ops"][op], again["stats"]["ops"][op], "{op}");
+    }
 
     let out = status(&["/tmp"]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,5 +1,6 @@
 //! `lunafs status [--json] MOUNTPOINT`: how a mount is doing, from two readings of its
-//! `/.lunafs/stats` an interval apart (for the rates). By default a summary for a person in
+//! `/.lunafs/stats` an interval apart (for the rates; the daemon leaves the readings' own
+//! requests uncounted). By default a summary for a person in
 //! at most 80 columns; with `--json` one JSON document (schema below and in the README).
 //! Exit status: 0 healthy, 1 not answering (the mount or its backend), 2 usage errors.
 //!
@@ -8,7 +9,7 @@
 //! `store`, `backend` {`name`, `answering`, `read_ms`, `requests`}, `leader`, `uptime_seconds`,
 //! `interval_seconds`, `ops_per_second`, `errors_per_second`, `ops_total`, `errors_total`,
 //! `open_files`, `handler_calls`, `handler_failures`, `events` {`pending`, `queued`,
-//! `delivered`, `retried`, `dropped`}, `topics` {NAME: {`state`, `delivered`, `failures`,
+//! `delivered`, `retried`, `dropped`, `triggers_run`, `triggers_failed`}, `topics` {NAME: {`state`, `delivered`, `failures`,
 //! `retried`, `dropped`, `last_error`, `last_error_time`}}, `metrics` (address or null), and
 //! `stats`: the second reading of `/.lunafs/stats` itself.
 
@@ -28,6 +29,7 @@ const WIDTH: usize = 80;
 pub fn status(mp: &Path, json_out: bool, interval: Duration) -> Result<i32> {
     let store = super::mounted_store(mp)?
         .ok_or_else(|| Error::Usage(format!("{} is not a lunafs mount", mp.display())))?;
+    // The daemon does not count the requests that read its stats: an idle mount shows 0.
     let readings = read_stats(mp).and_then(|first| {
         std::thread::sleep(interval);
         Ok((first, read_stats(mp)?))
@@ -111,6 +113,8 @@ fn summary(mp: &Path, first: &Value, second: &Value, interval: Duration) -> Valu
             "delivered": d["delivered"],
             "retried": d["retried"],
             "dropped": d["dropped"],
+            "triggers_run": d["triggers_run"],
+            "triggers_failed": d["triggers_failed"],
         },
         "topics": d["topics"],
         "metrics": s["metrics"],
@@ -180,8 +184,12 @@ fn human(r: &Value) -> String {
     );
     line("open", format!("{} files", text(&r["open_files"])));
     let (calls, failed) = (text(&r["handler_calls"]), text(&r["handler_failures"]));
-    line("handlers", format!("{calls} calls, {failed} failed"));
     let e = &r["events"];
+    let (run, run_failed) = (text(&e["triggers_run"]), text(&e["triggers_failed"]));
+    line(
+        "handlers",
+        format!("{calls} calls, {failed} failed; triggers: {run} run, {run_failed} failed"),
+    );
     line(
         "events",
         format!(

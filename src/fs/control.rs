@@ -125,6 +125,18 @@ impl Control {
         ino >= FIRST_VIRTUAL_INO
     }
 
+    /// Whether a request on `ino` is monitoring's own: `/.lunafs` and `/.lunafs/stats`. Such
+    /// requests go uncounted, so that reading the stats does not change them.
+    pub fn is_monitoring(ino: Ino) -> bool {
+        ino == STATS_INO || ino == DIR_INO
+    }
+
+    /// The same for a lookup of `name` in `parent`.
+    pub fn is_monitoring_lookup(parent: Ino, name: &[u8]) -> bool {
+        (parent == crate::core::ROOT && name == crate::core::names::CONTROL_DIR)
+            || (parent == DIR_INO && name == b"stats")
+    }
+
     /// The inode number of a dynamic node, assigned on first sight.
     fn ino_of(&self, node: Node) -> Ino {
         let mut d = self.dynamic.lock();
