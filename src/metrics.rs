@@ -232,7 +232,7 @@ impl Sources {
             None,
             s.handler_failures,
         )?;
-        let help = "Time of a handler call, its commit included";
+        let help = "Time of a handler call that ran (triggers too), its commit included";
         let name = "lunafs_handler_call_duration";
         let mut m = enc.encode_descriptor(name, help, Some(&seconds), MetricType::Histogram)?;
         histogram(&mut m, &s.handler_latency)?;

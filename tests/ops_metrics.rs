@@ -114,7 +114,11 @@ fn a_scrape_of_a_real_mount_passes_promtool_and_counts_what_happened() {
     );
     at_least("lunafs_written_bytes_total", 5.0);
     at_least("lunafs_handler_calls_total", 1.0);
-    at_least("lunafs_handler_call_duration_seconds_count", 1.0);
+    assert_eq!(
+        sample(&text, "lunafs_handler_call_duration_seconds_count"),
+        sample(&text, "lunafs_handler_calls_total"),
+        "every call that ran is timed\n{text}"
+    );
     at_least(r#"lunafs_nats_connected{topic="up"}"#, 1.0);
     at_least(r#"lunafs_topic_failures_total{topic="down"}"#, 1.0);
     at_least("lunafs_events_pending", 1.0); // the one bound for the stopped server waits

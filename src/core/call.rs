@@ -74,6 +74,8 @@ pub struct CallReply {
     pub unlinked: bool,
     /// The object's size before and after the call.
     pub sizes: (u64, u64),
+    /// How long the call took, its commit (and any rerun after a conflict) included.
+    pub took: std::time::Duration,
 }
 
 impl CallReply {
@@ -84,6 +86,7 @@ impl CallReply {
             changed: false,
             unlinked: false,
             sizes: (0, 0),
+            took: std::time::Duration::ZERO,
         }
     }
 }
@@ -93,7 +96,16 @@ impl CallReply {
 const MAX_OMAP_KEY: usize = 250;
 
 impl Core {
+    /// Runs a handler call on `target` and commits what it changed; the reply says how long
+    /// that took.
     pub fn call(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
+        let started = std::time::Instant::now();
+        let mut reply = self.call_untimed(target, code, input)?;
+        reply.took = started.elapsed();
+        Ok(reply)
+    }
+
+    fn call_untimed(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
         if let Code::Class { class, method } = code {
             if class == super::ceph::CLASS {
                 return match super::ceph::decode(method, input) {
@@ -102,7 +114,7 @@ impl Core {
                             script: &eval.script,
                             method: &eval.handler,
                         };
-                        self.call(target, code, &eval.input)
+                        self.call_untimed(target, code, &eval.input)
                     }
                     Some(Err(e)) => Ok(CallReply::unchanged(Outcome::failed(
                         e.errno(),
@@ -241,6 +253,7 @@ impl Core {
             changed,
             unlinked,
             sizes: (size_before, size_after),
+            took: std::time::Duration::ZERO,
         })
     }
 

@@ -208,7 +208,9 @@ impl Invoker {
             caller: Some(ctx.pid),
             cause: None,
         };
-        let reply = self.timed_call(&target, Code::Class { class, method }, input)?;
+        let reply = self
+            .core
+            .call(&target, Code::Class { class, method }, input)?;
         self.after_call(&target, &reply);
         let outcome = reply.outcome;
         if outcome.result < 0 {
@@ -221,14 +223,6 @@ impl Invoker {
         Ok(())
     }
 
-    /// Runs a handler call (and its commit), timed for the stats whatever its outcome.
-    fn timed_call(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {
-        let started = std::time::Instant::now();
-        let reply = self.core.call(target, code, input);
-        self.stats.handler_took(started.elapsed());
-        reply
-    }
-
     /// Runs one `/.lunafs/call` request and returns the encoded response.
     fn run_request(&self, ctx: Ctx, request: &call::Request) -> Vec<u8> {
         let result = self.resolve(ctx, &request.path).and_then(|target| {
@@ -236,7 +230,7 @@ impl Invoker {
                 What::Exec { class, method } => Code::Class { class, method },
                 What::Eval { method, script } => Code::Inline { script, method },
             };
-            let reply = self.timed_call(&target, code, &request.input)?;
+            let reply = self.core.call(&target, code, &request.input)?;
             self.after_call(&target, &reply);
             Ok(reply)
         });
@@ -287,6 +281,7 @@ impl Invoker {
 impl crate::core::call::AfterCall for Invoker {
     fn after_call(&self, target: &Target, reply: &CallReply) {
         self.stats.handler(reply.outcome.result >= 0);
+        self.stats.handler_took(reply.took);
         let Some(notifier) = self.notifier.get() else {
             return;
         };

@@ -209,7 +209,7 @@ impl Stats {
         }
     }
 
-    /// How long one handler call took (run and commit), whatever its outcome.
+    /// How long one handler call that ran took (run and commit), whatever its result.
     pub fn handler_took(&self, took: Duration) {
         self.handler_latency.observe(took);
     }
