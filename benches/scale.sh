@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale benchmark for the SPEC section 6 promises that the side-by-side run (run.sh) does not
 # cover: listing a 100,000-entry directory in under a second, and a per-operation cost that
-# stays flat as the store grows from 10^4 to 10^6 objects.
+# stays flat as the store grows from 10^4 to 10^6 objects; and how long `lunafs fsck` of the
+# grown store takes.
 #
 #   benches/scale.sh [--quick]    (--quick: 10^3..10^5 objects, a 10,000-entry directory)
 #
@@ -103,3 +104,11 @@ echo "| command | seconds |"
 echo "|---|---|"
 echo "| ls -f (names only: readdir) | $names |"
 echo "| ls -l (names and attributes: readdirplus) | $long |"
+
+# fsck of the whole grown store (every size's objects and the big directory), unmounted and
+# cold. It must be clean (set -e stops here otherwise).
+"$BIN" umount "$MNT"; drop
+objects=$(( ${SIZES[-1]} + BIG + 1000 + 2 ))
+s=$(date +%s.%N); "$BIN" fsck "$BASE/store" > "$BASE/fsck.out"; e=$(date +%s.%N)
+echo "| lunafs fsck of the store ($objects inodes: files and directories) | $(python3 -c "print(f'{$e - $s:.1f}')") |"
+echo; cat "$BASE/fsck.out"
