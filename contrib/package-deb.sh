@@ -46,8 +46,13 @@ install -d "$pkg/usr/share/bash-completion/completions" \
 
 # The packages holding the libraries the binary links (libc, libstdc++, librados, ...).
 libs=$(ldd "$bin" | awk '$3 ~ /^\// {print $3}')
-deps=$(for l in $libs; do dpkg -S "$(realpath "$l")" 2>/dev/null || dpkg -S "$l" 2>/dev/null; done |
-  cut -d: -f1 | sort -u | paste -sd, - | sed 's/,/, /g')
+owners=""
+for l in $libs; do
+  owner=$(dpkg -S "$(realpath "$l")" 2>/dev/null || dpkg -S "$l" 2>/dev/null) ||
+    { echo "package-deb.sh: no Debian package owns $l, which lunafs links" >&2; exit 1; }
+  owners+="${owner%%:*}"$'\n'
+done
+deps=$(printf '%s' "$owners" | sort -u | paste -sd, - | sed 's/,/, /g')
 size=$(du -sk "$pkg" | cut -f1)
 install -d "$pkg/DEBIAN"
 cat > "$pkg/DEBIAN/control" <<EOF

@@ -13,21 +13,25 @@ if dpkg-query -W -f='${Status}' lunafs 2>/dev/null | grep -q "ok installed"; the
   exit 1
 fi
 work=$(mktemp -d /tmp/lunafs-deb.XXXXXX)
+saved=()
 fail() { echo "test-deb.sh: FAILED: $*" >&2; exit 1; }
 restore() {
+  set +e   # put back as much as can be, whatever fails on the way
   mountpoint -q "$work/mnt" 2>/dev/null && fusermount3 -u "$work/mnt"
   dpkg-query -W lunafs >/dev/null 2>&1 && dpkg -r lunafs >/dev/null 2>&1
-  [ -d "$work/saved" ] && cp -a "$work/saved/." /
+  for f in "${saved[@]}"; do cp -a "$work/saved$f" "$f"; done
   rm -rf "$work"
 }
 trap restore EXIT
 
 deb=$(contrib/package-deb.sh "$work")
 files=$(dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|')
+saved=()
 for f in $files; do
   if [ ! -d "$f" ] && { [ -e "$f" ] || [ -L "$f" ]; }; then
     mkdir -p "$work/saved$(dirname "$f")"
     cp -a "$f" "$work/saved$f"
+    saved+=("$f")
   fi
 done
 
@@ -41,7 +45,7 @@ mkdir "$work/mnt/b"
 echo "from the package" > "$work/mnt/b/hello"
 [ "$(cat "$work/mnt/b/hello")" = "from the package" ] || fail "read back"
 /usr/bin/lunafs status "$work/mnt" | grep -q ": healthy" || fail "status"
-daemon=$(pgrep -f -- " mount $work/store $work/mnt " | head -1)
+daemon=$(pgrep -f -- " mount $work/store $work/mnt " | head -1 || true)
 [ "$(readlink "/proc/$daemon/exe")" = /usr/bin/lunafs ] ||
   fail "the mount does not run the packaged binary"
 for page in lunafs lunafs-mount lunafs-status lunafs-class-put; do
@@ -49,7 +53,8 @@ for page in lunafs lunafs-mount lunafs-status lunafs-class-put; do
 done
 grep -q "lunafs" /usr/share/bash-completion/completions/lunafs || fail "bash completion"
 systemd-analyze verify /lib/systemd/system/lunafs@.service || fail "systemd-analyze verify"
-umount "$work/mnt"
+# lunafs umount waits until the daemon has let go of the store (plain umount does not).
+/usr/bin/lunafs umount "$work/mnt"
 
 dpkg -r lunafs >/dev/null
 left=()

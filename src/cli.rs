@@ -239,8 +239,10 @@ fn store_arg(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// `p` made absolute, without a trailing slash (`/mnt/x/` is the mount `/mnt/x`).
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| Error::io(format!("{}", p.display()), e))
+    let abs = std::path::absolute(p).map_err(|e| Error::io(format!("{}", p.display()), e))?;
+    Ok(abs.components().collect())
 }
 
 fn check_mountpoint(mp: &Path) -> Result<()> {

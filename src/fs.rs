@@ -630,7 +630,10 @@ impl fuser::Filesystem for LunaFs {
                 Some(Handle::Script { data, .. }) => {
                     Ok(control::slice(&data.lock(), offset, size).to_vec())
                 }
-                Some(Handle::Call { file }) => return self.read_call(req, file, size, reply),
+                Some(Handle::Call { file }) => {
+                    let started = _timing.map(stats::Timing::hand_off);
+                    return self.read_call(req, file, size, reply, started);
+                }
                 _ => Err(Error::BadHandle(fh.0)),
             }
         } else {
@@ -871,7 +874,7 @@ impl fuser::Filesystem for LunaFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _timing = self.stats.call(Op::Setxattr);
+        let timing = self.stats.call(Op::Setxattr);
         let mode = match (
             flags & libc::XATTR_CREATE != 0,
             flags & libc::XATTR_REPLACE != 0,
@@ -893,6 +896,7 @@ impl fuser::Filesystem for LunaFs {
                 method,
                 input: value.to_vec(),
                 reply,
+                started: timing.hand_off(),
             };
             return self.pool.submit(Box::new(job));
         }

@@ -11,10 +11,11 @@
 //! backend health, its requests, and whether this mount leads. The README lists them.
 //!
 //! The server is one thread answering one connection at a time (scrapes are seconds apart);
-//! a client that stalls is cut off after `IO_TIMEOUT`. It lives as long as the process.
+//! a client whose request head does not arrive whole within `IO_TIMEOUT` (or is longer than
+//! `MAX_HEAD`) is cut off. It lives as long as the process.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,10 @@ use crate::notify::Counters;
 /// The port when only `metrics` is given (JuiceFS's is 9567; one above, so both can run).
 pub const DEFAULT_PORT: u16 = 9568;
 
+/// Longest a client may take to send its request, and to take each part of the answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
 const OPENMETRICS: &str = "application/openmetrics-text";
 const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -94,10 +98,24 @@ impl Exporter {
         registry.register_collector(Box::new(sources));
         std::thread::Builder::new()
             .name("lunafs-metrics".into())
-            .spawn(move || {
-                for conn in self.listener.incoming().flatten() {
-                    if let Err(e) = answer(conn, &registry) {
-                        tracing::debug!(error = %e, "metrics request failed");
+            .spawn(move || loop {
+                match self.listener.accept() {
+                    Ok((conn, _)) => {
+                        // A panic while encoding must cost one scrape, not the exporter.
+                        let answered =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                answer(conn, &registry)
+                            }));
+                        match answered {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(error = %e, "metrics request failed"),
+                            Err(_) => tracing::warn!("answering a metrics request panicked"),
+                        }
+                    }
+                    // Out of descriptors, say: wait rather than spin.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics: accepting a connection failed");
+                        std::thread::sleep(Duration::from_millis(500));
                     }
                 }
             })
@@ -106,22 +124,38 @@ impl Exporter {
     }
 }
 
+/// The request line and whether the client asked for OpenMetrics (its `Accept` header),
+/// from a request head read whole within `IO_TIMEOUT` and `MAX_HEAD` bytes.
+fn read_head(mut conn: &TcpStream) -> std::io::Result<(String, bool)> {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || head.len() > MAX_HEAD {
+            return Err(std::io::Error::other("request head too slow or too long"));
+        }
+        conn.set_read_timeout(Some(left))?;
+        match conn.read(&mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let mut lines = text.lines();
+    let request = lines.next().unwrap_or("").to_string();
+    let openmetrics = lines.any(|h| h.starts_with("accept:") && h.contains(OPENMETRICS));
+    Ok((request, openmetrics))
+}
+
 /// Reads one HTTP/1.x request and answers it; the connection is closed after.
 fn answer(conn: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(IO_TIMEOUT))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut reader = BufReader::new((&conn).take(64 * 1024));
-    let mut request = String::new();
-    reader.read_line(&mut request)?;
-    // Of the headers only Accept matters; all are read so the request is consumed.
-    let (mut header, mut openmetrics) = (String::new(), false);
-    while reader.read_line(&mut header)? > 2 {
-        let h = header.to_ascii_lowercase();
-        openmetrics |= h.starts_with("accept:") && h.contains(OPENMETRICS);
-        header.clear();
-    }
+    let (request, openmetrics) = read_head(&conn)?;
     let mut words = request.split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let method = method.to_ascii_uppercase();
+    let method = method.as_str();
     let path = target.split('?').next().unwrap_or("");
     let plain = "text/plain; charset=utf-8";
     let (status, content_type, body) = match (method, path) {

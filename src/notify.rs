@@ -114,8 +114,8 @@ impl Counters {
         t.last_error_ms = record::millis(std::time::SystemTime::now());
     }
 
-    /// An event that failed for `name` waits for a retry (`dropped` false) or was given up.
-    fn topic_gave_up(&self, name: &str, dropped: bool) {
+    /// An event that failed for `name` waits for a retry, or (`dropped`) was given up.
+    fn topic_event_failed(&self, name: &str, dropped: bool) {
         let mut topics = self.topics.lock();
         let t = topics.entry(name.into()).or_default();
         match dropped {

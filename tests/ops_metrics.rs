@@ -81,7 +81,8 @@ fn a_scrape_of_a_real_mount_passes_promtool_and_counts_what_happened() {
         assert_eq!(code, 200, "{text}");
         let up = sample(&text, r#"lunafs_topic_delivered_events_total{topic="up"}"#);
         let down = sample(&text, r#"lunafs_nats_connected{topic="down"}"#);
-        if up >= Some(1.0) && down == Some(0.0) {
+        let failed = sample(&text, r#"lunafs_topic_failures_total{topic="down"}"#);
+        if up >= Some(1.0) && down == Some(0.0) && failed >= Some(1.0) {
             break text;
         }
         assert!(Instant::now() < deadline, "{text}");
@@ -111,6 +112,10 @@ fn a_scrape_of_a_real_mount_passes_promtool_and_counts_what_happened() {
     at_least(
         r#"lunafs_fuse_request_duration_seconds_bucket{op="write",le="+Inf"}"#,
         1.0,
+    );
+    assert!(
+        !text.contains("e+308"),
+        "the overflow bucket is +Inf\n{text}"
     );
     at_least("lunafs_written_bytes_total", 5.0);
     at_least("lunafs_handler_calls_total", 1.0);
@@ -152,6 +157,8 @@ fn the_exporter_speaks_openmetrics_when_asked_and_only_serves_metrics() {
     let (code, text) = curl(&url, &["-H", accept]);
     assert_eq!(code, 200);
     assert!(text.ends_with("# EOF\n"), "{text}");
+    let inf = r#"lunafs_fuse_request_duration_seconds_bucket{le="+Inf",op="lookup"}"#;
+    assert!(text.contains(inf) && !text.contains("e+308"), "{text}");
     assert!(
         text.contains("# TYPE lunafs_fuse_requests counter"),
         "{text}"
@@ -160,6 +167,13 @@ fn the_exporter_speaks_openmetrics_when_asked_and_only_serves_metrics() {
     assert_eq!(code, 404);
     let (code, _) = curl(&url, &["-X", "POST"]);
     assert_eq!(code, 405);
+    // A client that connects and says nothing is cut off; the next scrape is answered.
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let _idle = std::net::TcpStream::connect(addr).unwrap();
+    let (code, _) = curl(&url, &[]);
+    assert_eq!(code, 200);
 }
 
 /// `lunafs mount` with `option`: it fails with a message containing `says`, nothing mounted.

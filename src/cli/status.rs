@@ -9,8 +9,9 @@
 //! `store`, `backend` {`name`, `answering`, `read_ms`, `requests`}, `leader`, `uptime_seconds`,
 //! `interval_seconds`, `ops_per_second`, `errors_per_second`, `ops_total`, `errors_total`,
 //! `open_files`, `handler_calls`, `handler_failures`, `events` {`pending`, `queued`,
-//! `delivered`, `retried`, `dropped`, `triggers_run`, `triggers_failed`}, `topics` {NAME: {`state`, `delivered`, `failures`,
-//! `retried`, `dropped`, `last_error`, `last_error_time`}}, `metrics` (address or null), and
+//! `delivered`, `retried`, `dropped`, `triggers_run`, `triggers_failed`}, `topics` {NAME:
+//! {`state`, `delivered`, `published`, `failures`, `retried`, `dropped`, `last_error`,
+//! `last_error_time`}}, `metrics` (address or null), and
 //! `stats`: the second reading of `/.lunafs/stats` itself.
 
 use std::fmt::Write;

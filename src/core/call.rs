@@ -60,6 +60,8 @@ pub struct Target {
 /// dispatcher): the FUSE adapter drops the kernel's cached copies of what it changed.
 pub trait AfterCall: Send + Sync {
     fn after_call(&self, target: &Target, reply: &CallReply);
+    /// The call could not run or commit (`Core::call` failed with `error`).
+    fn call_failed(&self, _target: &Target, _error: &crate::error::Error) {}
 }
 
 /// The result of a call, and what it changed (for the kernel's caches).
@@ -103,6 +105,22 @@ impl Core {
         let mut reply = self.call_untimed(target, code, input)?;
         reply.took = started.elapsed();
         Ok(reply)
+    }
+
+    /// `call`, then tells `after` how it went: its reply, or why it could not run.
+    pub fn call_then(
+        &self,
+        after: &dyn AfterCall,
+        target: &Target,
+        code: Code<'_>,
+        input: &[u8],
+    ) -> Result<CallReply> {
+        let r = self.call(target, code, input);
+        match &r {
+            Ok(reply) => after.after_call(target, reply),
+            Err(e) => after.call_failed(target, e),
+        }
+        r
     }
 
     fn call_untimed(&self, target: &Target, code: Code<'_>, input: &[u8]) -> Result<CallReply> {

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use super::attr::file_attr;
 use super::call::{self, Exchange, What};
 use super::pool::Job;
-use super::stats::{Op, Stats};
+use super::stats::{Op, Started, Stats};
 use super::{permits, Errno};
 use crate::core::call::{CallReply, Code, Target};
 use crate::core::{Core, Ctx};
@@ -85,6 +85,8 @@ pub struct XattrCall {
     pub method: String,
     pub input: Vec<u8>,
     pub reply: ReplyEmpty,
+    /// The setxattr's start: its latency is taken when the call has answered it.
+    pub started: Started,
 }
 
 impl Job for XattrCall {
@@ -95,18 +97,24 @@ impl Job for XattrCall {
             (&self.class, &self.method),
             &self.input,
         );
+        let stats = &self.invoker.stats;
         match r {
             Ok(()) => self.reply.ok(),
             Err(e) => {
-                self.invoker.stats.error(Op::Setxattr, e.errno());
+                stats.error(Op::Setxattr, e.errno());
                 tracing::debug!(error = %e, "handler call by setxattr failed");
                 self.reply.error(Errno::from_i32(e.errno()))
             }
         }
+        stats.answered(self.started);
     }
 
     fn refuse(self: Box<Self>, errno: i32) {
+        let stats = &self.invoker.stats;
+        stats.handler(false);
+        stats.error(Op::Setxattr, errno);
         self.reply.error(Errno::from_i32(errno));
+        stats.answered(self.started);
     }
 }
 
@@ -119,6 +127,8 @@ pub struct FileCall {
     pub size: u32,
     /// Taken when answered; a FileCall dropped unanswered (a panic) answers with EIO.
     pub reply: Option<ReplyData>,
+    /// The read's start (None when it goes uncounted): its latency is taken when answered.
+    pub started: Option<Started>,
 }
 
 impl FileCall {
@@ -133,6 +143,9 @@ impl FileCall {
         let first = file.exchange.read(self.size as usize);
         self.invoker.stats.read(first.len());
         reply.data(&first);
+        if let Some(started) = self.started.take() {
+            self.invoker.stats.answered(started);
+        }
         for (reply, size) in std::mem::take(&mut file.waiting) {
             let data = file.exchange.read(size as usize);
             self.invoker.stats.read(data.len());
@@ -158,6 +171,7 @@ impl Job for FileCall {
     }
 
     fn refuse(mut self: Box<Self>, errno: i32) {
+        self.invoker.stats.handler(false);
         let message = "the handler-call queue is full; try again";
         self.finish(call::response(-errno, b"", message));
     }
@@ -210,8 +224,7 @@ impl Invoker {
         };
         let reply = self
             .core
-            .call(&target, Code::Class { class, method }, input)?;
-        self.after_call(&target, &reply);
+            .call_then(self, &target, Code::Class { class, method }, input)?;
         let outcome = reply.outcome;
         if outcome.result < 0 {
             return Err(Error::Handler {
@@ -225,24 +238,23 @@ impl Invoker {
 
     /// Runs one `/.lunafs/call` request and returns the encoded response.
     fn run_request(&self, ctx: Ctx, request: &call::Request) -> Vec<u8> {
-        let result = self.resolve(ctx, &request.path).and_then(|target| {
-            let code = match &request.what {
-                What::Exec { class, method } => Code::Class { class, method },
-                What::Eval { method, script } => Code::Inline { script, method },
-            };
-            let reply = self.core.call(&target, code, &request.input)?;
-            self.after_call(&target, &reply);
-            Ok(reply)
-        });
+        let code = match &request.what {
+            What::Exec { class, method } => Code::Class { class, method },
+            What::Eval { method, script } => Code::Inline { script, method },
+        };
+        let result = match self.resolve(ctx, &request.path) {
+            Ok(target) => self.core.call_then(self, &target, code, &request.input),
+            Err(e) => {
+                self.stats.handler(false); // a call that could not start is a failed one
+                Err(e)
+            }
+        };
         match result {
             Ok(reply) => {
                 let o = reply.outcome;
                 call::response(o.result, &o.output, o.message.as_deref().unwrap_or(""))
             }
-            Err(e) => {
-                self.stats.handler(false);
-                call::response(-e.errno(), b"", &e.to_string())
-            }
+            Err(e) => call::response(-e.errno(), b"", &e.to_string()),
         }
     }
 
@@ -271,14 +283,13 @@ impl Invoker {
             cause: None,
         })
     }
-
-    /// Counts the call and drops the kernel's cached copies of what it changed.
-    fn after_call(&self, target: &Target, reply: &CallReply) {
-        crate::core::call::AfterCall::after_call(self, target, reply)
-    }
 }
 
 impl crate::core::call::AfterCall for Invoker {
+    fn call_failed(&self, _target: &Target, _error: &Error) {
+        self.stats.handler(false);
+    }
+
     fn after_call(&self, target: &Target, reply: &CallReply) {
         self.stats.handler(reply.outcome.result >= 0);
         self.stats.handler_took(reply.took);

@@ -100,6 +100,7 @@ impl LunaFs {
         file: &Arc<Mutex<CallFile>>,
         size: u32,
         reply: ReplyData,
+        started: Option<super::stats::Started>,
     ) {
         let start = file.lock().read(size, reply);
         if let CallRead::Start(request, reply) = start {
@@ -110,8 +111,11 @@ impl LunaFs {
                 request,
                 size,
                 reply: Some(reply),
+                started,
             };
             self.pool.submit(Box::new(job));
+        } else if let Some(started) = started {
+            self.stats.answered(started);
         }
     }
 

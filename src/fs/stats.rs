@@ -94,8 +94,8 @@ pub struct Latency {
     sum_ns: AtomicU64,
 }
 
-/// A snapshot of a `Latency`: (sum in seconds, count, per-bucket counts by upper bound,
-/// the last bound `f64::MAX` for the overflow bucket).
+/// A snapshot of a `Latency`: sum in seconds, count, per-bucket counts by upper bound (the
+/// last bound `f64::INFINITY`: the overflow bucket, `le="+Inf"`).
 pub struct LatencySnapshot {
     pub sum: f64,
     pub count: u64,
@@ -122,7 +122,7 @@ impl Latency {
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
             .iter()
             .copied()
-            .chain([f64::MAX])
+            .chain([f64::INFINITY])
             .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
             .collect();
         LatencySnapshot {
@@ -135,13 +135,31 @@ impl Latency {
 
 /// Times one request from its start to the end of its handler (`Stats::call`).
 pub struct Timing<'a> {
-    latency: &'a Latency,
-    started: Instant,
+    stats: &'a Stats,
+    started: Started,
+}
+
+/// When a request started, carried by a job that answers it later (`Stats::answered`).
+pub struct Started {
+    op: Op,
+    at: Instant,
+}
+
+impl Timing<'_> {
+    /// The request is answered later, by a job: its latency is taken then.
+    pub fn hand_off(self) -> Started {
+        let this = std::mem::ManuallyDrop::new(self);
+        Started {
+            op: this.started.op,
+            at: this.started.at,
+        }
+    }
 }
 
 impl Drop for Timing<'_> {
     fn drop(&mut self) {
-        self.latency.observe(self.started.elapsed());
+        let s = &self.started;
+        self.stats.latency[s.op as usize].observe(s.at.elapsed());
     }
 }
 
@@ -186,9 +204,17 @@ impl Stats {
     pub fn call(&self, op: Op) -> Timing<'_> {
         self.calls[op as usize].fetch_add(1, Ordering::Relaxed);
         Timing {
-            latency: &self.latency[op as usize],
-            started: Instant::now(),
+            stats: self,
+            started: Started {
+                op,
+                at: Instant::now(),
+            },
         }
+    }
+
+    /// A request handed off (`Timing::hand_off`) is answered now.
+    pub fn answered(&self, started: Started) {
+        self.latency[started.op as usize].observe(started.at.elapsed());
     }
 
     /// Counts a failed request of `op` that the caller sees as `errno`.
@@ -351,7 +377,7 @@ mod tests {
         assert_eq!(snap.count, 3);
         assert_eq!(snap.buckets[0], (1e-5, 1));
         assert_eq!(snap.buckets[1], (2.5e-5, 1));
-        assert_eq!(snap.buckets.last(), Some(&(f64::MAX, 1)));
+        assert_eq!(snap.buckets.last(), Some(&(f64::INFINITY, 1)));
         assert!((snap.sum - 60.000021).abs() < 1e-9, "{}", snap.sum);
     }
 

@@ -558,12 +558,12 @@ impl Worker {
                 error = why,
                 "event dropped after max_retries"
             );
-            self.counters.topic_gave_up(name, true);
+            self.counters.topic_event_failed(name, true);
             return true;
         }
         r.due = Instant::now() + retry.backoff(r.attempts);
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
-        self.counters.topic_gave_up(name, false);
+        self.counters.topic_event_failed(name, false);
         false
     }
 

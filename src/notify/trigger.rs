@@ -52,8 +52,7 @@ pub fn run(
         caller: None,
         cause: Some(id.to_string()),
     };
-    let reply = core.call(&target, Code::Class { class, method }, input)?;
-    after.after_call(&target, &reply);
+    let reply = core.call_then(after, &target, Code::Class { class, method }, input)?;
     let o = &reply.outcome;
     Ok(match o.result {
         r if r >= 0 => Ran::Done,
