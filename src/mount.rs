@@ -1,9 +1,9 @@
 //! The life of a mount, beside the CLI that starts it: open the notification routing, start
-//! the dispatcher, the housekeeping and the metrics exporter, mount the FUSE adapter, handle SIGTERM/SIGINT/SIGHUP
-//! (unmount, abandon running handler calls), tell systemd once the mount answers, raise the
-//! mount's readahead, serve until unmounted, then stop the dispatcher and the housekeeping
-//! and flush the store. `fs` is the FUSE adapter only; this module wires it to `notify` and
-//! the process.
+//! the dispatcher, the housekeeping and the metrics exporter, mount the FUSE adapter, handle
+//! SIGTERM/SIGINT/SIGHUP (unmount, abandon running handler calls), tell systemd once the mount
+//! answers, raise the mount's readahead, serve until unmounted, then stop the dispatcher and
+//! the housekeeping and flush the store. `fs` is the FUSE adapter only; this module wires it
+//! to `notify` and the process.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;

@@ -3,12 +3,9 @@
 //! errno, latency histograms per operation and of handler calls, bytes moved.
 //! A few relaxed atomic increments per request: cheap enough to always be on.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use parking_lot::Mutex;
 
 /// The FUSE operations counted, in the order they are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +77,9 @@ impl Op {
         OPS.iter().map(|(op, _)| *op)
     }
 }
+
+/// Errnos counted one by one (Linux's are below 134); any other is counted as 0.
+const ERRNOS: usize = 134;
 
 /// Upper bounds of the latency buckets, in seconds: 10 µs to 10 s, about three per decade.
 pub const LATENCY_BOUNDS: [f64; 19] = [
@@ -166,10 +166,10 @@ impl Drop for Timing<'_> {
 pub struct Stats {
     started: Instant,
     calls: [AtomicU64; OPS.len()],
-    errors: [AtomicU64; OPS.len()],
     latency: [Latency; OPS.len()],
-    /// Failed requests by (operation, errno): only failures pay for the lock.
-    errnos: Mutex<BTreeMap<(usize, i32), u64>>,
+    /// Failed requests by operation and errno, at `op * ERRNOS + errno`: a failure is one
+    /// relaxed increment too (negative lookups, before every create, are frequent).
+    errnos: Box<[AtomicU64]>,
     handler_latency: Latency,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
@@ -188,9 +188,8 @@ impl Stats {
         Stats {
             started: Instant::now(),
             calls: std::array::from_fn(|_| AtomicU64::new(0)),
-            errors: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| Latency::new()),
-            errnos: Mutex::default(),
+            errnos: (0..OPS.len() * ERRNOS).map(|_| AtomicU64::new(0)).collect(),
             handler_latency: Latency::new(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -219,8 +218,11 @@ impl Stats {
 
     /// Counts a failed request of `op` that the caller sees as `errno`.
     pub fn error(&self, op: Op, errno: i32) {
-        self.errors[op as usize].fetch_add(1, Ordering::Relaxed);
-        *self.errnos.lock().entry((op as usize, errno)).or_default() += 1;
+        let errno = usize::try_from(errno)
+            .ok()
+            .filter(|&e| e < ERRNOS)
+            .unwrap_or(0);
+        self.errnos[op as usize * ERRNOS + errno].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn read(&self, n: usize) {
@@ -258,9 +260,11 @@ impl Stats {
                 .collect(),
             errnos: self
                 .errnos
-                .lock()
                 .iter()
-                .map(|(&(op, errno), &n)| (OPS[op].1, errno, n))
+                .enumerate()
+                .map(|(i, n)| (i, load(n)))
+                .filter(|&(_, n)| n > 0)
+                .map(|(i, n)| (OPS[i / ERRNOS].1, (i % ERRNOS) as i32, n))
                 .collect(),
             handler_calls: load(&self.handler_calls),
             handler_failures: load(&self.handler_failures),
@@ -291,13 +295,19 @@ impl Stats {
             "  \"handler_failures\": {},",
             load(&self.handler_failures)
         );
-        let total_errors: u64 = self.errors.iter().map(load).sum();
+        let calls: Vec<u64> = self.calls.iter().map(load).collect();
+        let errors: Vec<u64> = self
+            .errnos
+            .chunks(ERRNOS)
+            .map(|row| row.iter().map(load).sum())
+            .collect();
+        let total_errors: u64 = errors.iter().sum();
         let _ = writeln!(s, "  \"errors_total\": {total_errors},");
-        for (label, counters) in [("ops", &self.calls), ("errors", &self.errors)] {
+        for (label, counters) in [("ops", &calls), ("errors", &errors)] {
             let _ = write!(s, "  \"{label}\": {{");
             for (i, (_, name)) in OPS.iter().enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
-                let _ = write!(s, "{sep}\"{name}\": {}", load(&counters[i]));
+                let _ = write!(s, "{sep}\"{name}\": {}", counters[i]);
             }
             s.push_str(if label == "ops" { "},\n" } else { "}\n" });
         }
