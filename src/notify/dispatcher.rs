@@ -80,6 +80,14 @@ struct Sent {
     out: Outgoing,
 }
 
+/// The events of one page that are finished, by outcome; `seqs` holds all of them.
+#[derive(Default)]
+struct Finished {
+    seqs: Vec<u64>,
+    delivered: Vec<u64>,
+    dropped: Vec<u64>,
+}
+
 enum Step {
     /// Not now (behind an earlier event of its object, held, or backing off).
     Wait,
@@ -307,17 +315,15 @@ impl Worker {
             read.at_end &= handled == page.len();
             seen += handled;
             if read.waiting.is_none() {
-                let gone: HashSet<u64> = finished.iter().copied().collect();
+                let gone: HashSet<u64> = finished.seqs.iter().copied().collect();
                 read.waiting = page[..handled]
                     .iter()
                     .map(|p| p.seq)
                     .find(|seq| !gone.contains(seq));
             }
-            self.core.ack_events(&finished)?;
-            for seq in &finished {
-                self.retries.remove(seq);
-            }
-            read.done += finished.len();
+            self.core.ack_events(&finished.seqs)?;
+            self.finished(&finished);
+            read.done += finished.seqs.len();
             if read.at_end || handled < page.len() {
                 break;
             }
@@ -326,14 +332,15 @@ impl Worker {
     }
 
     /// Handles events of `page` in order until `deadline` (at least one); returns the
-    /// events that are finished (delivered or dropped) and how many were handled.
+    /// events that are finished (delivered, dropped or their trigger done) and how many
+    /// were handled.
     fn page(
         &mut self,
         page: &[PendingEvent],
         blocked: &mut HashSet<u64>,
         deadline: Instant,
-    ) -> (Vec<u64>, usize) {
-        let (mut sent, mut finished) = (Vec::new(), Vec::new());
+    ) -> (Finished, usize) {
+        let (mut sent, mut done) = (Vec::new(), Finished::default());
         let mut handled = 0;
         for p in page {
             if handled > 0 && Instant::now() >= deadline {
@@ -350,27 +357,40 @@ impl Worker {
                     self.rescan = true;
                     sent.push(*s)
                 }
-                Step::Done => finished.push(seq),
+                Step::Done => done.seqs.push(seq),
                 Step::Drop(why) => {
                     tracing::warn!(seq, reason = %why, "event dropped");
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    finished.push(seq)
+                    done.dropped.push(seq)
                 }
             }
         }
         for s in sent {
             match self.settle(&s.topic, s.out) {
-                Ok(()) => finished.push(s.seq),
+                Ok(()) => done.delivered.push(s.seq),
                 Err(why) => {
                     blocked.insert(s.ino);
                     let (name, retry) = (s.topic.name.clone(), s.topic.retry);
                     if self.failed((s.seq, s.ino), &name, &retry, &why) {
-                        finished.push(s.seq);
+                        done.dropped.push(s.seq);
                     }
                 }
             }
         }
-        (finished, handled)
+        done.seqs.extend(done.delivered.iter().chain(&done.dropped));
+        (done, handled)
+    }
+
+    /// Counts events that left the queue: only once they are gone, so that the stats never
+    /// show an event as delivered or dropped and still pending.
+    fn finished(&mut self, f: &Finished) {
+        for seq in &f.seqs {
+            self.retries.remove(seq);
+        }
+        let c = &self.counters;
+        c.delivered
+            .fetch_add(f.delivered.len() as u64, Ordering::Relaxed);
+        c.dropped
+            .fetch_add(f.dropped.len() as u64, Ordering::Relaxed);
     }
 
     /// What to do with one pending event now.
@@ -519,7 +539,6 @@ impl Worker {
         if result.is_ok() {
             let c = &self.counters;
             c.published.fetch_add(out.messages, Ordering::Relaxed);
-            c.delivered.fetch_add(1, Ordering::Relaxed);
             c.topic_delivered(&topic.name, out.messages);
         }
         result
