@@ -18,7 +18,12 @@ pkg="$stage/lunafs"
 
 install -D -m 755 "$bin" "$pkg/usr/bin/lunafs"
 strip --strip-debug "$pkg/usr/bin/lunafs"
-install -D -m 755 "$root/contrib/mount.lunafs" "$pkg/usr/sbin/mount.lunafs"
+install -d "$pkg/usr/sbin"
+sed 's|LUNAFS_BIN:-/usr/local/bin/lunafs|LUNAFS_BIN:-/usr/bin/lunafs|' \
+    "$root/contrib/mount.lunafs" > "$pkg/usr/sbin/mount.lunafs"
+grep -q 'LUNAFS_BIN:-/usr/bin/lunafs}' "$pkg/usr/sbin/mount.lunafs" ||
+  { echo "package-deb.sh: the mount helper's default binary did not change" >&2; exit 1; }
+chmod 755 "$pkg/usr/sbin/mount.lunafs"
 ln -s mount.lunafs "$pkg/usr/sbin/mount.fuse.lunafs"
 install -d "$pkg/lib/systemd/system"
 sed -e 's|/usr/local/bin/lunafs|/usr/bin/lunafs|g' \
