@@ -3,12 +3,15 @@
 #  1. round trip of a no-op handler: through /.lunafs/call (one open file, many requests),
 #     through setxattr(2) (what `setfattr -n user.cls.C.M` does, without the process), and
 #     through the `lunafs call` CLI (a process per call): calls/s, p50 and p99 latency.
-#  2. MD5 of a 256 MiB object: in place (`lunafs call FILE md5.digest`) against reading it
+#  2. an omap-increment handler (counter.incr) from 1 and 8 clients against Redis's
+#     EVALSHA of an INCR (redis-benchmark, a private redis-server on loopback), same run.
+#  3. MD5 of a 256 MiB object: in place (`lunafs call FILE md5.digest`) against reading it
 #     through the mount and hashing in the client (md5sum), cold cache: time, and the bytes
 #     that crossed the FUSE boundary (from /.lunafs/stats).
 #
 #   benches/calls.sh [--quick]     (--quick: fewer calls, a 64 MiB object)
-# Needs root (drop_caches) and python3. Works under $BENCH_DIR (default /var/tmp/lunafs-calls).
+# Needs root (drop_caches), python3 and redis-server (contrib/install-deps.sh).
+# Works under $BENCH_DIR (default /var/tmp/lunafs-calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CALLS=5000; CLI_CALLS=300; MB=256
@@ -71,6 +74,40 @@ for _ in range(n_cli):
     lat.append(time.perf_counter() - t)
 report("CLI (lunafs call, a process per call)", lat)
 PY
+
+echo
+echo "## omap increment: a lunafs handler against Redis EVALSHA of INCR, same run"
+echo
+cat > "$BASE/counter.lua" <<'EOF'
+function incr(input, output)
+  local ok, v = pcall(objclass.map_get_val, "n")
+  local n = (ok and tonumber(v:str()) or 0) + 1
+  objclass.map_set_val("n", tostring(n))
+  output:append(tostring(n))
+end
+objclass.register(incr)
+EOF
+"$BIN" class put -m "$MNT" "$BASE/counter.lua"
+# Redis on a free loopback port, without persistence (lunafs commits every call).
+REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+  --daemonize yes --pidfile "$BASE/redis.pid" --logfile "$BASE/redis.log"
+stop_redis() {
+  if [ -e "$BASE/redis.pid" ]; then kill "$(cat "$BASE/redis.pid")" || true; fi
+  cleanup
+}
+trap stop_redis EXIT
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+SHA=$(redis-cli -p "$REDIS_PORT" script load "return redis.call('INCR', KEYS[1])")
+echo "| system | clients | calls | calls/s | p50 (µs) | p99 (µs) |"
+echo "|---|---|---|---|---|---|"
+for clients in 1 8; do
+  python3 benches/calls_clients.py "$MNT" "$CALLS" "$clients"
+  total=$((CALLS * clients))
+  redis-benchmark -p "$REDIS_PORT" -c "$clients" -n "$total" --csv evalsha "$SHA" 1 k \
+    2>/dev/null | python3 benches/calls_clients.py --redis "$clients" "$total"
+done
+[ "$(redis-cli -p "$REDIS_PORT" get k)" -gt 0 ]
 
 echo
 echo "## MD5 of a ${MB} MiB object, cold cache"

@@ -13,6 +13,7 @@ PKGS=(
   ceph-mon ceph-mgr ceph-osd ceph-common librados-dev python3-rados   # shared backend: data (RADOS)
   ceph-mds ceph-fuse          # benchmarks (CephFS peer)
   bindfs fio                  # benchmarks (FUSE passthrough baseline, IOPS)
+  redis-server redis-tools    # benchmarks (Redis EVALSHA, the peer of handler calls)
   systemd                     # systemd-analyze, to verify the unit file
   prometheus curl             # promtool checks the /metrics a test scrapes with curl
   man-db                      # man -w, to check the installed man pages

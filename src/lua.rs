@@ -11,6 +11,7 @@ mod args;
 mod base;
 pub mod budget;
 pub mod bufferlist;
+mod caller;
 pub mod digest;
 mod errors;
 pub mod image;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use mlua::Lua;
 
-use super::Limits;
+use super::{caller, Limits};
 
 /// How often a running call looks at its caller's state in /proc.
 const CALLER_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -94,7 +94,7 @@ pub fn abandon_all() {
 /// 0 (one the kernel could not name in our pid namespace) or whose /proc entry we may not
 /// read is not watched: it cannot be told from a dead one.
 pub(super) fn start(limits: &Limits, caller: Option<u32>, heap: usize) {
-    let caller = caller.filter(|&tid| tid != 0 && watchable(tid));
+    let caller = caller.filter(|&tid| tid != 0 && caller::watchable(tid));
     BUDGET.with(|b| {
         b.memory.set(limits.memory);
         b.heap_baseline.set(heap);
@@ -131,7 +131,7 @@ fn check_now() {
         }
         if SHUTDOWN.load(Ordering::Relaxed) {
             b.tripped.set(Some(Trip::Shutdown));
-        } else if b.caller.get().is_some_and(caller_gone) {
+        } else if b.caller.get().is_some_and(caller::gone) {
             b.tripped.set(Some(Trip::CallerGone));
         }
     });
@@ -177,7 +177,7 @@ pub fn keep_going(steps: u32) -> bool {
                 Some(Trip::Shutdown)
             } else {
                 caller_check_due(b, now)
-                    .and_then(|tid| caller_gone(tid).then_some(Trip::CallerGone))
+                    .and_then(|tid| caller::gone(tid).then_some(Trip::CallerGone))
             };
             b.tripped.set(trip);
         }
@@ -193,30 +193,6 @@ fn caller_check_due(b: &Budget, now: Instant) -> Option<u32> {
     }
     b.next_caller_check.set(Some(now + CALLER_CHECK_EVERY));
     Some(tid)
-}
-
-/// Whether task `tid`'s state can be read at all.
-fn watchable(tid: u32) -> bool {
-    std::fs::metadata(format!("/proc/{tid}/status")).is_ok()
-}
-
-/// Whether task `tid` is gone or dying: it no longer exists, or a SIGKILL is pending on
-/// it. The kernel also marks SIGKILL pending on every thread of a process that a fatal
-/// signal (an unhandled SIGINT or SIGTERM) is ending, and a task blocked in our FUSE request
-/// stays in the kernel until we answer, so this is what "the caller went away" looks like.
-fn caller_gone(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return true;
-    };
-    const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
-    status.lines().any(|line| {
-        let mask = line
-            .strip_prefix("SigPnd:")
-            .or_else(|| line.strip_prefix("ShdPnd:"));
-        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .is_some_and(|m| m & SIGKILL_BIT != 0)
-            || line.starts_with("State:\tZ")
-    })
 }
 
 /// The error that ends a call whose limit tripped (whatever catches it, `limited` reports
@@ -370,12 +346,6 @@ pub fn budget_left(lua: &Lua) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_live_caller_is_not_gone_and_a_missing_one_is() {
-        assert!(!caller_gone(std::process::id()));
-        assert!(caller_gone(u32::MAX - 1));
-    }
 
     #[test]
     fn keep_going_trips_the_instruction_limit_and_stays_tripped() {

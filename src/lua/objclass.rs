@@ -156,19 +156,27 @@ impl Args {
 
 type Obj<'env, 'o> = &'env RefCell<&'o mut dyn Object>;
 
-/// Builds the `objclass` table of one call, bound to `object` for the call's duration.
-/// `registered` collects the functions the script registers as handlers.
+/// What every call's `objclass` table starts as (a VM makes it once and each call gets a
+/// copy): the errno constants.
+pub fn template(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, ERRNOS.len() + 32)?;
+    for (name, errno) in ERRNOS {
+        t.set(*name, *errno)?;
+    }
+    Ok(t)
+}
+
+/// Completes `t` (a copy of `template`) as the `objclass` table of one call, bound to
+/// `object` for the call's duration. `registered` collects the functions the script
+/// registers as handlers.
 pub fn module<'scope, 'env: 'scope, 'o: 'env>(
     lua: &Lua,
     scope: &'scope Scope<'scope, 'env>,
+    t: Table,
     object: Obj<'env, 'o>,
     site: &'env Site<'env>,
     registered: &Table,
 ) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    for (name, errno) in ERRNOS {
-        t.set(*name, *errno)?;
-    }
     let reg = registered.clone();
     t.set(
         "register",

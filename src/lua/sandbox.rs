@@ -10,7 +10,9 @@
 //! the VM).
 //!
 //! Every call gets a fresh environment table holding copies of the library tables, so
-//! nothing one call assigns (a global, `string.foo = ...`) is seen by the next. The shared
+//! nothing one call assigns (a global, `string.foo = ...`) is seen by the next. The copies
+//! are made by a Lua function the VM compiles once (`FRESH`): one call into Lua instead of a
+//! crossing per table entry. The shared
 //! string metatable is hidden (`getmetatable("")` is false) and `getmetatable` of a userdata
 //! is nil, so no shared table is reachable.
 //!
@@ -46,6 +48,25 @@ const SAFE_GLOBALS: &[&str] = &[
 /// Libraries every call gets a fresh copy of.
 const LIBRARIES: &[&str] = &["string", "table", "math", "utf8"];
 
+/// The VM's own helpers, run with the full globals: `copy(t)` is a shallow copy of `t`,
+/// `fresh(base, libraries)` a call's environment, the base functions and a copy of each
+/// library under its name, with `_G` itself.
+const FRESH: &str = r#"
+local next = next
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+local function fresh(base, libraries)
+  local env = copy(base)
+  for name, lib in next, libraries do env[name] = copy(lib) end
+  env._G = env
+  return env
+end
+return copy, fresh
+"#;
+
 /// How often the limit hook runs, in VM instructions.
 const HOOK_EVERY: u32 = 1000;
 
@@ -75,10 +96,14 @@ struct Vm {
     lua: Lua,
     /// The whitelisted base functions, plus the wrapped pcall/xpcall/getmetatable/print.
     base: Table,
-    /// The real library tables, copied into each call's environment.
-    libraries: Vec<(&'static str, Table)>,
-    /// `bufferlist`, `digest`, `image`, `cmsgpack`: made once, copied per call.
-    modules: Vec<(&'static str, Table)>,
+    /// By name: the real library tables, and `bufferlist`, `digest`, `image`, `cmsgpack`
+    /// (made once): copied into each call's environment.
+    libraries: Table,
+    /// What each call's `objclass` table is a copy of.
+    objclass: Table,
+    /// `FRESH`'s two functions.
+    copy: Function,
+    fresh: Function,
     compiled: HashMap<(String, u64), Function>,
 }
 
@@ -152,21 +177,22 @@ impl Vm {
             base.set(*name, globals.get::<Value>(*name)?)?;
         }
         super::base::install(&lua, &base, &globals)?;
-        let libraries = LIBRARIES
-            .iter()
-            .map(|name| Ok((*name, globals.get::<Table>(*name)?)))
-            .collect::<mlua::Result<Vec<_>>>()?;
-        let modules = vec![
-            ("bufferlist", super::bufferlist::module(&lua)?),
-            ("digest", super::digest::module(&lua)?),
-            ("image", super::image::module(&lua)?),
-            ("cmsgpack", super::msgpack::module(&lua)?),
-        ];
+        let libraries = lua.create_table()?;
+        for name in LIBRARIES {
+            libraries.raw_set(*name, globals.get::<Table>(*name)?)?;
+        }
+        libraries.raw_set("bufferlist", super::bufferlist::module(&lua)?)?;
+        libraries.raw_set("digest", super::digest::module(&lua)?)?;
+        libraries.raw_set("image", super::image::module(&lua)?)?;
+        libraries.raw_set("cmsgpack", super::msgpack::module(&lua)?)?;
+        let (copy, fresh) = lua.load(FRESH).set_name("=lunafs").call(())?;
         Ok(Vm {
+            objclass: objclass::template(&lua)?,
             lua,
             base,
             libraries,
-            modules,
+            copy,
+            fresh,
             compiled: HashMap::new(),
         })
     }
@@ -186,20 +212,7 @@ impl Vm {
 
     /// A fresh environment: the base functions and copies of the library tables.
     fn environment(&self) -> mlua::Result<Table> {
-        let env = self.lua.create_table_with_capacity(0, 32)?;
-        for pair in self.base.pairs::<Value, Value>() {
-            let (k, v) = pair?;
-            env.raw_set(k, v)?;
-        }
-        for (name, lib) in self.libraries.iter().chain(&self.modules) {
-            let copy = self.lua.create_table()?;
-            for pair in lib.pairs::<Value, Value>() {
-                let (k, v) = pair?;
-                copy.raw_set(k, v)?;
-            }
-            env.raw_set(*name, copy)?;
-        }
-        env.raw_set("_G", env.clone())?;
+        let env: Table = self.fresh.call((&self.base, &self.libraries))?;
         self.lua
             .set_named_registry_value(super::base::ENV_KEY, &env)?;
         Ok(env)
@@ -349,7 +362,8 @@ impl Vm {
         lua.scope(|scope| {
             let env = self.environment()?;
             let registered = lua.create_table()?;
-            let cls = objclass::module(lua, scope, &object, &site, &registered)?;
+            let cls = self.copy.call(&self.objclass)?;
+            let cls = objclass::module(lua, scope, cls, &object, &site, &registered)?;
             env.raw_set("objclass", cls.clone())?;
             env.raw_set("cls", cls.clone())?;
             let log: Function = cls.get("log")?;
