@@ -166,6 +166,13 @@ impl LunaFs {
     fn stats_json(&self) -> Vec<u8> {
         let core = &self.core;
         let (backend, answers, took) = core.backend();
+        // The dispatcher counts an event delivered or dropped after it has left the queue;
+        // read in the other order, so an event never shows as both finished and pending.
+        let delivery = self
+            .delivery
+            .as_ref()
+            .map_or("null".into(), |c| c.to_json().to_string());
+        let pending = core.events_pending().to_string();
         self.stats
             .to_json(&[
                 ("store", json_str(&core.store_path().display().to_string())),
@@ -186,13 +193,8 @@ impl LunaFs {
                 ("store_bytes", core.store_bytes().to_string()),
                 ("open_files", core.open_file_count().to_string()),
                 ("events_queued", core.events_queued().to_string()),
-                ("events_pending", core.events_pending().to_string()),
-                (
-                    "delivery",
-                    self.delivery
-                        .as_ref()
-                        .map_or("null".into(), |c| c.to_json().to_string()),
-                ),
+                ("events_pending", pending),
+                ("delivery", delivery),
             ])
             .into_bytes()
     }
@@ -623,7 +625,7 @@ impl fuser::Filesystem for LunaFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timing = self.count(Op::Read, ino.0);
+        let timing = self.count(Op::Read, ino.0);
         let r = if Control::owns(ino.0) {
             match self.handles.get(fh.0).as_deref() {
                 Some(Handle::Control { data }) => Ok(control::slice(data, offset, size).to_vec()),
@@ -631,7 +633,7 @@ impl fuser::Filesystem for LunaFs {
                     Ok(control::slice(&data.lock(), offset, size).to_vec())
                 }
                 Some(Handle::Call { file }) => {
-                    let started = _timing.map(stats::Timing::hand_off);
+                    let started = timing.map(stats::Timing::hand_off);
                     return self.read_call(req, file, size, reply, started);
                 }
                 _ => Err(Error::BadHandle(fh.0)),

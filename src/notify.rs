@@ -131,7 +131,9 @@ impl Counters {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // Acquire: what the dispatcher did before counting (removing the event from the
+        // queue) is seen by whoever reads these first (`/.lunafs/stats`).
+        let get = |c: &AtomicU64| c.load(Ordering::Acquire);
         let topics: serde_json::Map<String, serde_json::Value> = self
             .topics
             .lock()

@@ -950,6 +950,37 @@ fn a_failing_trigger_is_retried_counted_and_dropped_after_max_retries() {
 }
 
 #[test]
+fn a_publish_that_keeps_failing_is_dropped_after_max_retries_and_counted_once_gone() {
+    let nats = Nats::start();
+    let sub = Sub::new(&nats.url(), "gone.x");
+    sub.create_stream("GONE", &["gone.>"]);
+    let fs = TestFs::mount();
+    let b = fs.bucket("g");
+    fs.put_topic("t", &nats, "gone.x", "jetstream = true\nmax_retries = 1\n");
+    fs.put_notifications("g", &all_events("n", "t"));
+    // JetStream now refuses every publish to the subject: no stream stores it.
+    sub.delete_stream("GONE");
+    fs::write(b.join("obj"), b"x").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = fs.stats();
+        if s["delivery"]["dropped"] == 1 {
+            assert_eq!(s["events_pending"], 0, "counted once gone: {s}");
+            assert_eq!(s["delivery"]["delivered"], 0, "{s}");
+            let t = &s["delivery"]["topics"]["t"];
+            assert_eq!(
+                (&t["retried"], &t["dropped"]),
+                (&1.into(), &1.into()),
+                "{s}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
 fn a_metadata_change_while_a_put_is_held_arrives_after_it() {
     let nats = Nats::start();
     let mut sub = Sub::new(&nats.url(), "held.ev");

@@ -80,12 +80,13 @@ struct Sent {
     out: Outgoing,
 }
 
-/// The events of one page that are finished, by outcome; `seqs` holds all of them.
+/// The events of one page that are finished, and how many of them were delivered and
+/// dropped (the rest ran their trigger).
 #[derive(Default)]
 struct Finished {
     seqs: Vec<u64>,
-    delivered: Vec<u64>,
-    dropped: Vec<u64>,
+    delivered: u64,
+    dropped: u64,
 }
 
 enum Step {
@@ -360,23 +361,27 @@ impl Worker {
                 Step::Done => done.seqs.push(seq),
                 Step::Drop(why) => {
                     tracing::warn!(seq, reason = %why, "event dropped");
-                    done.dropped.push(seq)
+                    done.dropped += 1;
+                    done.seqs.push(seq)
                 }
             }
         }
         for s in sent {
             match self.settle(&s.topic, s.out) {
-                Ok(()) => done.delivered.push(s.seq),
+                Ok(()) => {
+                    done.delivered += 1;
+                    done.seqs.push(s.seq)
+                }
                 Err(why) => {
                     blocked.insert(s.ino);
                     let (name, retry) = (s.topic.name.clone(), s.topic.retry);
                     if self.failed((s.seq, s.ino), &name, &retry, &why) {
-                        done.dropped.push(s.seq);
+                        done.dropped += 1;
+                        done.seqs.push(s.seq)
                     }
                 }
             }
         }
-        done.seqs.extend(done.delivered.iter().chain(&done.dropped));
         (done, handled)
     }
 
@@ -386,11 +391,10 @@ impl Worker {
         for seq in &f.seqs {
             self.retries.remove(seq);
         }
+        // Release: a reader that sees these counts sees the events gone from the queue.
         let c = &self.counters;
-        c.delivered
-            .fetch_add(f.delivered.len() as u64, Ordering::Relaxed);
-        c.dropped
-            .fetch_add(f.dropped.len() as u64, Ordering::Relaxed);
+        c.delivered.fetch_add(f.delivered, Ordering::Release);
+        c.dropped.fetch_add(f.dropped, Ordering::Release);
     }
 
     /// What to do with one pending event now.

@@ -270,6 +270,17 @@ impl Sub {
             .expect("create stream");
     }
 
+    /// Deletes JetStream stream `name`: publishes to its subjects fail from then on.
+    pub fn delete_stream(&self, name: &str) {
+        let _entered = self.rt.enter();
+        let js = async_nats::jetstream::new(self.client.clone());
+        let deleted = self
+            .rt
+            .block_on(js.delete_stream(name))
+            .expect("delete stream");
+        assert!(deleted.success, "stream {name} deleted");
+    }
+
     /// How many messages stream `name` holds.
     pub fn stream_messages(&self, name: &str) -> u64 {
         let _entered = self.rt.enter();
