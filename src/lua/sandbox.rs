@@ -11,10 +11,9 @@
 //!
 //! Every call gets a fresh environment table holding copies of the library tables, so
 //! nothing one call assigns (a global, `string.foo = ...`) is seen by the next. The copies
-//! are made by a Lua function the VM compiles once (`FRESH`): one call into Lua instead of a
-//! crossing per table entry. The shared
-//! string metatable is hidden (`getmetatable("")` is false) and `getmetatable` of a userdata
-//! is nil, so no shared table is reachable.
+//! are made by a Lua function the VM compiles once (`FRESH`): one call into Lua instead of
+//! a crossing per table entry. The shared string metatable is hidden (`getmetatable("")`
+//! is false) and `getmetatable` of a userdata is nil, so no shared table is reachable.
 //!
 //! Limits, per call (`budget`): a memory budget (Lua heap and, separately, the bytes held
 //! by bufferlists and images), an instruction budget and a deadline, checked by a hook every
