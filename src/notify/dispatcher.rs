@@ -11,11 +11,11 @@
 //! tombstones of delivered events; taking turns, a long backlog of failing events does not
 //! keep new events of other buckets waiting.
 //!
-//! An event leaves the queue only once its messages are published (core NATS: after a
-//! flush; JetStream: after every PubAck) or its trigger ran. A failed event (script error,
-//! no PubAck, failed trigger) waits `backoff(attempt)` and is tried again; later events of
-//! the same object wait behind it, and behind a held one, so each object's events arrive in
-//! order. `max_retries` and `time_to_live` drop an event: counted and logged. While a
+//! An event leaves the queue only once its messages are published (core NATS: after the
+//! flush of its connection, one per page of events; JetStream: after every PubAck) or its
+//! trigger ran. A failed event (script error, no PubAck, failed trigger) waits
+//! `backoff(attempt)` and is tried again; later events of the same object wait behind it,
+//! and behind a held one, so each object's events arrive in order. `max_retries` and `time_to_live` drop an event: counted and logged. While a
 //! topic's server is not connected its events wait without using up retries.
 
 use std::collections::{HashMap, HashSet};
@@ -366,8 +366,9 @@ impl Worker {
                 }
             }
         }
+        let flushed = self.flush_all(&sent);
         for s in sent {
-            match self.settle(&s.topic, s.out) {
+            match self.settle(&s.topic, s.out, &flushed) {
                 Ok(()) => {
                     done.delivered += 1;
                     done.seqs.push(s.seq)
@@ -527,12 +528,29 @@ impl Worker {
         up
     }
 
-    /// Waits for the flushes and acks of one sent event.
-    fn settle(&mut self, topic: &Topic, out: Outgoing) -> std::result::Result<(), String> {
+    /// Flushes each connection the page's sent events published on, once for them all:
+    /// what each flush gave, by connection.
+    fn flush_all(&self, sent: &[Sent]) -> HashMap<String, std::result::Result<(), String>> {
+        let mut flushed = HashMap::new();
+        for key in sent.iter().flat_map(|s| &s.out.conns) {
+            if !flushed.contains_key(key) {
+                flushed.insert(key.clone(), self.nats.flush(key));
+            }
+        }
+        flushed
+    }
+
+    /// Settles one sent event: its connections' flushes (`flushed`), then its PubAcks.
+    fn settle(
+        &mut self,
+        topic: &Topic,
+        out: Outgoing,
+        flushed: &HashMap<String, std::result::Result<(), String>>,
+    ) -> std::result::Result<(), String> {
         let mut result = Ok(());
         for key in &out.conns {
-            if let Err(e) = self.nats.flush(key) {
-                result = Err(e);
+            if let Some(Err(e)) = flushed.get(key) {
+                result = Err(e.clone());
             }
         }
         for ack in out.acks {
