@@ -15,8 +15,9 @@
 //! flush of its connection, one per page of events; JetStream: after every PubAck) or its
 //! trigger ran. A failed event (script error, no PubAck, failed trigger) waits
 //! `backoff(attempt)` and is tried again; later events of the same object wait behind it,
-//! and behind a held one, so each object's events arrive in order. `max_retries` and `time_to_live` drop an event: counted and logged. While a
-//! topic's server is not connected its events wait without using up retries.
+//! and behind a held one, so each object's events arrive in order. `max_retries` and
+//! `time_to_live` drop an event: counted and logged. While a topic's server is not
+//! connected its events wait without using up retries.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -79,6 +80,9 @@ struct Sent {
     topic: Topic,
     out: Outgoing,
 }
+
+/// What each connection's flush for one page gave, by `Topic::connection_key`.
+type Flushed = HashMap<String, std::result::Result<(), String>>;
 
 /// The events of one page that are finished, and how many of them were delivered and
 /// dropped (the rest ran their trigger).
@@ -528,9 +532,8 @@ impl Worker {
         up
     }
 
-    /// Flushes each connection the page's sent events published on, once for them all:
-    /// what each flush gave, by connection.
-    fn flush_all(&self, sent: &[Sent]) -> HashMap<String, std::result::Result<(), String>> {
+    /// Flushes each connection the page's sent events published on, once for them all.
+    fn flush_all(&self, sent: &[Sent]) -> Flushed {
         let mut flushed = HashMap::new();
         for key in sent.iter().flat_map(|s| &s.out.conns) {
             if !flushed.contains_key(key) {
@@ -545,7 +548,7 @@ impl Worker {
         &mut self,
         topic: &Topic,
         out: Outgoing,
-        flushed: &HashMap<String, std::result::Result<(), String>>,
+        flushed: &Flushed,
     ) -> std::result::Result<(), String> {
         let mut result = Ok(());
         for key in &out.conns {
