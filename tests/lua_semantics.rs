@@ -163,9 +163,12 @@ function globals(input, output)
     .. tostring(getmetatable("")))
 end
 function leak(input, output)
-  output:append(tostring(leaked_global) .. " " .. tostring(string.leaked))
+  output:append(tostring(leaked_global) .. " " .. tostring(string.leaked) .. " "
+    .. tostring(objclass.leaked) .. " " .. tostring(rawequal(cls.read, objclass.read)))
   leaked_global = "set"
   string.leaked = "set"
+  objclass.leaked = "set"
+  cls.read = nil
 end
 function bad_require(input, output) require("os") end
 function finalizer(input, output)
@@ -241,7 +244,7 @@ fn io_os_debug_and_loaders_are_absent_and_calls_share_no_globals() {
     // Many calls, so each FUSE worker thread's VM has run it at least twice.
     for _ in 0..20 {
         let r = fs.call("b/obj", "sandbox.leak", b"");
-        assert_eq!(r.output, b"nil nil", "{r:?}");
+        assert_eq!(r.output, b"nil nil nil true", "{r:?}");
     }
     let r = fs.call("b/obj", "sandbox.bad_require", b"");
     assert_eq!(r.result, -libc::EIO, "{r:?}");

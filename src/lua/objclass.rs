@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 
-use mlua::{Function, Lua, MultiValue, Scope, Table, Value};
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Scope, Table, Value};
 
 use super::args::{truthy, Args};
 use super::bufferlist::{bytes_of, Bl};
@@ -154,194 +154,211 @@ impl Args {
     }
 }
 
-type Obj<'env, 'o> = &'env RefCell<&'o mut dyn Object>;
+/// One call's side of the API: the object, who is calling (for `log`), and the functions
+/// the script registers as handlers.
+pub struct Bound<'a, 'o> {
+    pub object: &'a RefCell<&'o mut dyn Object>,
+    pub site: &'a Site<'a>,
+    pub registered: Table,
+}
 
-/// What every call's `objclass` table starts as (a VM makes it once and each call gets a
-/// copy): the errno constants.
-pub fn template(lua: &Lua) -> mlua::Result<Table> {
-    let t = lua.create_table_with_capacity(0, ERRNOS.len() + 32)?;
-    for (name, errno) in ERRNOS {
-        t.set(*name, *errno)?;
+impl<'a, 'o> Bound<'a, 'o> {
+    fn obj(&self) -> std::cell::RefMut<'a, &'o mut dyn Object> {
+        self.object.borrow_mut()
     }
-    Ok(t)
 }
 
-/// Completes `t` (a copy of `template`) as the `objclass` table of one call, bound to
-/// `object` for the call's duration. `registered` collects the functions the script
-/// registers as handlers.
-pub fn module<'scope, 'env: 'scope, 'o: 'env>(
-    lua: &Lua,
-    scope: &'scope Scope<'scope, 'env>,
-    t: Table,
-    object: Obj<'env, 'o>,
-    site: &'env Site<'env>,
-    registered: &Table,
-) -> mlua::Result<Table> {
-    let reg = registered.clone();
-    t.set(
-        "register",
-        lua.create_function(move |_, a: MultiValue| {
-            register(&reg, Args::new(a, "objclass.register"))
-        })?,
-    )?;
-    t.set(
-        "log",
-        scope.create_function(move |lua, a: MultiValue| {
-            log(lua, site, Args::new(a, "objclass.log"))
-        })?,
-    )?;
-    add_data_functions(scope, &t, object)?;
-    add_xattr_functions(scope, &t, object)?;
-    add_omap_functions(scope, &t, object)?;
-    add_version_functions(scope, &t, object)?;
-    Ok(t)
+type Op = fn(&Lua, &Bound<'_, '_>, Args) -> mlua::Result<MultiValue>;
+
+fn out(lua: &Lua, v: impl IntoLuaMulti) -> mlua::Result<MultiValue> {
+    v.into_lua_multi(lua)
 }
 
-/// Adds `name` to `t`, a function of this call taking its arguments as `Args`.
-fn add<'scope, 'env: 'scope, R: mlua::IntoLuaMulti>(
-    scope: &'scope Scope<'scope, 'env>,
-    t: &Table,
-    name: &'static str,
-    f: impl Fn(&Lua, Args) -> mlua::Result<R> + 'scope,
-) -> mlua::Result<()> {
-    let func: Function =
-        scope.create_function(move |lua, a: MultiValue| f(lua, Args::new(a, name)))?;
-    t.set(name.trim_start_matches("objclass."), func)
-}
-
-fn add_data_functions<'scope, 'env: 'scope, 'o: 'env>(
-    scope: &'scope Scope<'scope, 'env>,
-    t: &Table,
-    object: Obj<'env, 'o>,
-) -> mlua::Result<()> {
-    let obj = move || object.borrow_mut();
-    add(scope, t, "objclass.create", move |_, a| {
-        // Ceph: `lua_toboolean`, so no argument (or nil) is a non-exclusive create.
-        obj().create(truthy(&a.get(1))).map_err(raise)
-    })?;
-    add(scope, t, "objclass.remove", move |_, _| {
-        obj().remove().map_err(raise)
-    })?;
-    add(scope, t, "objclass.stat", move |_, _| {
-        obj().stat().map_err(raise)
-    })?;
-    add(scope, t, "objclass.read", move |lua, a| {
-        // Ceph reads nothing at a negative offset (it becomes a huge unsigned one).
-        if a.int(lua, 1)? < 0 {
-            return Bl::create(lua, Vec::new());
-        }
-        let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
-        // The bytes the read returns must fit the budget before they are read (a 1 PiB
-        // sparse file is a valid object); never a silently short read. A length of 0
-        // reads to the end, as Ceph's does.
-        let (size, _) = obj().stat().map_err(raise)?;
-        let rest = size.saturating_sub(off);
-        let n = if len == 0 { rest } else { len.min(rest) };
-        super::budget::reserve(lua, usize::try_from(n).unwrap_or(usize::MAX))?;
-        let data = obj().read(off, n).map_err(raise)?;
-        Bl::create(lua, data)
-    })?;
-    add(scope, t, "objclass.write", move |lua, a| {
-        let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
-        let data = a.bytes(3)?;
-        // Ceph's OSD refuses an extent whose length is not the data's.
-        if len != data.len() as u64 {
-            return Err(invalid(format!(
-                "write of length {len} with a bufferlist of {} bytes",
-                data.len()
-            )));
-        }
-        obj().write(off, &data).map_err(raise)
-    })?;
-    add(scope, t, "objclass.write_full", move |_, a| {
-        obj().write_full(&a.bytes(1)?).map_err(raise)
-    })?;
-    add(scope, t, "objclass.truncate", move |lua, a| {
-        obj().truncate(a.size(lua, 1, "size")?).map_err(raise)
-    })?;
-    Ok(())
-}
-
-fn add_xattr_functions<'scope, 'env: 'scope, 'o: 'env>(
-    scope: &'scope Scope<'scope, 'env>,
-    t: &Table,
-    object: Obj<'env, 'o>,
-) -> mlua::Result<()> {
-    let obj = move || object.borrow_mut();
-    add(scope, t, "objclass.getxattr", move |lua, a| {
-        let v = obj().getxattr(&a.bytes(1)?).map_err(raise)?;
-        Bl::create(lua, v)
-    })?;
-    add(scope, t, "objclass.getxattrs", move |lua, _| {
-        let all = obj().getxattrs().map_err(raise)?;
-        let out = lua.create_table()?;
-        for (k, v) in all {
-            out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
-        }
-        Ok(out)
-    })?;
-    add(scope, t, "objclass.setxattr", move |_, a| {
-        obj().setxattr(&a.bytes(1)?, &a.bytes(2)?).map_err(raise)?;
+/// Every function of the table, by the name argument errors give it. A VM defines each
+/// once, as a Lua function passing its index and arguments to the call's dispatcher, so a
+/// call binds one Rust function (`bind`) instead of one per entry.
+const OPS: &[(&str, Op)] = &[
+    ("objclass.register", |lua, b, a| {
+        out(lua, register(&b.registered, a)?)
+    }),
+    ("objclass.log", |lua, b, a| log(lua, b.site, a)),
+    // Ceph: `lua_toboolean`, so no argument (or nil) is a non-exclusive create.
+    ("objclass.create", |lua, b, a| {
+        out(lua, b.obj().create(truthy(&a.get(1))).map_err(raise)?)
+    }),
+    ("objclass.remove", |lua, b, _| {
+        out(lua, b.obj().remove().map_err(raise)?)
+    }),
+    ("objclass.stat", |lua, b, _| {
+        out(lua, b.obj().stat().map_err(raise)?)
+    }),
+    ("objclass.read", read),
+    ("objclass.write", write),
+    ("objclass.write_full", |lua, b, a| {
+        out(lua, b.obj().write_full(&a.bytes(1)?).map_err(raise)?)
+    }),
+    ("objclass.truncate", |lua, b, a| {
+        let size = a.size(lua, 1, "size")?;
+        out(lua, b.obj().truncate(size).map_err(raise)?)
+    }),
+    ("objclass.getxattr", |lua, b, a| {
+        let v = b.obj().getxattr(&a.bytes(1)?).map_err(raise)?;
+        out(lua, Bl::create(lua, v)?)
+    }),
+    ("objclass.getxattrs", |lua, b, _| {
+        let all = b.obj().getxattrs().map_err(raise)?;
+        out(lua, bl_table(lua, all)?)
+    }),
+    ("objclass.setxattr", |lua, b, a| {
+        b.obj()
+            .setxattr(&a.bytes(1)?, &a.bytes(2)?)
+            .map_err(raise)?;
         // Ceph's returns its last argument (the bufferlist).
-        Ok(a.get(a.len().max(1)))
-    })?;
-    Ok(())
-}
-
-fn add_omap_functions<'scope, 'env: 'scope, 'o: 'env>(
-    scope: &'scope Scope<'scope, 'env>,
-    t: &Table,
-    object: Obj<'env, 'o>,
-) -> mlua::Result<()> {
-    let obj = move || object.borrow_mut();
-    add(scope, t, "objclass.map_get_val", move |lua, a| {
-        let v = obj().map_get_val(&a.bytes(1)?).map_err(raise)?;
-        Bl::create(lua, v)
-    })?;
-    add(scope, t, "objclass.map_set_val", move |_, a| {
-        obj().map_set_val(&a.bytes(1)?, &a.bytes(2)?).map_err(raise)
-    })?;
-    add(scope, t, "objclass.map_set_vals", move |lua, a| {
+        out(lua, a.get(a.len().max(1)))
+    }),
+    ("objclass.map_get_val", |lua, b, a| {
+        let v = b.obj().map_get_val(&a.bytes(1)?).map_err(raise)?;
+        out(lua, Bl::create(lua, v)?)
+    }),
+    ("objclass.map_set_val", |lua, b, a| {
+        let (k, v) = (a.bytes(1)?, a.bytes(2)?);
+        out(lua, b.obj().map_set_val(&k, &v).map_err(raise)?)
+    }),
+    ("objclass.map_set_vals", |lua, b, a| {
         let pairs = omap_pairs(lua, &a.table(1)?)?;
-        let mut o = obj();
+        let mut o = b.obj();
         for (k, v) in pairs {
             o.map_set_val(&k, &v).map_err(raise)?;
         }
-        Ok(())
-    })?;
-    add(scope, t, "objclass.map_get_keys", move |lua, a| {
+        out(lua, ())
+    }),
+    ("objclass.map_get_keys", |lua, b, a| {
         let (after, max) = (a.opt_bytes(1)?, a.max(lua, 2)?);
-        let entries = obj().map_get_vals(&after, b"", max).map_err(raise)?;
-        let out = lua.create_table()?;
+        let entries = b.obj().map_get_vals(&after, b"", max).map_err(raise)?;
+        let t = lua.create_table_with_capacity(0, entries.len())?;
         for (k, _) in entries {
-            out.set(lua.create_string(&k)?, true)?;
+            t.raw_set(lua.create_string(&k)?, true)?;
         }
-        Ok(out)
-    })?;
-    add(scope, t, "objclass.map_get_vals", move |lua, a| {
+        out(lua, t)
+    }),
+    ("objclass.map_get_vals", |lua, b, a| {
         let (after, prefix) = (a.opt_bytes(1)?, a.opt_bytes(2)?);
         let max = a.max(lua, 3)?;
-        let entries = obj().map_get_vals(&after, &prefix, max).map_err(raise)?;
-        let out = lua.create_table()?;
-        for (k, v) in entries {
-            out.set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
-        }
-        Ok(out)
-    })?;
-    add(scope, t, "objclass.map_remove_key", move |_, a| {
-        obj().map_remove_key(&a.bytes(1)?).map_err(raise)
-    })?;
-    add(scope, t, "objclass.map_clear", move |_, _| {
-        obj().map_clear().map_err(raise)
-    })?;
-    add(scope, t, "objclass.map_read_header", move |lua, _| {
-        let v = obj().map_read_header().map_err(raise)?;
-        Bl::create(lua, v)
-    })?;
-    add(scope, t, "objclass.map_write_header", move |_, a| {
-        obj().map_write_header(&a.bytes(1)?).map_err(raise)
-    })?;
-    Ok(())
+        let entries = b.obj().map_get_vals(&after, &prefix, max).map_err(raise)?;
+        out(lua, bl_table(lua, entries)?)
+    }),
+    ("objclass.map_remove_key", |lua, b, a| {
+        out(lua, b.obj().map_remove_key(&a.bytes(1)?).map_err(raise)?)
+    }),
+    ("objclass.map_clear", |lua, b, _| {
+        out(lua, b.obj().map_clear().map_err(raise)?)
+    }),
+    ("objclass.map_read_header", |lua, b, _| {
+        let v = b.obj().map_read_header().map_err(raise)?;
+        out(lua, Bl::create(lua, v)?)
+    }),
+    ("objclass.map_write_header", |lua, b, a| {
+        out(lua, b.obj().map_write_header(&a.bytes(1)?).map_err(raise)?)
+    }),
+    ("objclass.current_version", |lua, b, _| {
+        out(lua, b.obj().current_version().map_err(raise)?)
+    }),
+    // A call is the only operation of its "compound op": sub-operation 0.
+    ("objclass.current_subop_num", |lua, _, _| out(lua, 0)),
+    ("objclass.current_subop_version", |lua, b, _| {
+        let v = b.obj().current_version().map_err(raise)?;
+        out(lua, format!("{v}.0"))
+    }),
+];
+
+/// What a VM makes once: the table each call's `objclass` is a copy of (the errno constants
+/// and the functions), and the function that points those functions at a call's dispatcher.
+pub struct Prepared {
+    pub template: Table,
+    bind: Function,
+}
+
+/// The Lua side of `OPS`: `...` is the template; returns the dispatcher's setter.
+fn wrappers_source() -> String {
+    let mut src = String::from("local t = ...\nlocal dispatch\n");
+    for (i, (name, _)) in OPS.iter().enumerate() {
+        let key = name.trim_start_matches("objclass.");
+        src.push_str(&format!(
+            "t[\"{key}\"] = function(...) return dispatch({i}, ...) end\n"
+        ));
+    }
+    src.push_str("return function(d) dispatch = d end\n");
+    src
+}
+
+pub fn prepare(lua: &Lua) -> mlua::Result<Prepared> {
+    let template = lua.create_table_with_capacity(0, ERRNOS.len() + OPS.len())?;
+    for (name, errno) in ERRNOS {
+        template.raw_set(*name, *errno)?;
+    }
+    let bind = lua
+        .load(wrappers_source())
+        .set_name("=objclass")
+        .call(&template)?;
+    Ok(Prepared { template, bind })
+}
+
+impl Prepared {
+    /// Points the functions at `bound` until the scope ends (a function kept past its call
+    /// then fails: the scope has destroyed the dispatcher).
+    pub fn bind<'scope, 'env: 'scope>(
+        &self,
+        scope: &'scope Scope<'scope, 'env>,
+        bound: &'env Bound<'env, '_>,
+    ) -> mlua::Result<()> {
+        let dispatch = scope.create_function(move |lua, mut a: MultiValue| {
+            let op = a.pop_front().and_then(|v| v.as_usize());
+            let Some(&(name, f)) = op.and_then(|i| OPS.get(i)) else {
+                return Err(mlua::Error::runtime("objclass: no such function"));
+            };
+            f(lua, bound, Args::new(a, name))
+        })?;
+        self.bind.call::<()>(dispatch)
+    }
+}
+
+fn read(lua: &Lua, b: &Bound<'_, '_>, a: Args) -> mlua::Result<MultiValue> {
+    // Ceph reads nothing at a negative offset (it becomes a huge unsigned one).
+    if a.int(lua, 1)? < 0 {
+        return out(lua, Bl::create(lua, Vec::new())?);
+    }
+    let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
+    // The bytes the read returns must fit the budget before they are read (a 1 PiB
+    // sparse file is a valid object); never a silently short read. A length of 0
+    // reads to the end, as Ceph's does.
+    let (size, _) = b.obj().stat().map_err(raise)?;
+    let rest = size.saturating_sub(off);
+    let n = if len == 0 { rest } else { len.min(rest) };
+    super::budget::reserve(lua, usize::try_from(n).unwrap_or(usize::MAX))?;
+    let data = b.obj().read(off, n).map_err(raise)?;
+    out(lua, Bl::create(lua, data)?)
+}
+
+fn write(lua: &Lua, b: &Bound<'_, '_>, a: Args) -> mlua::Result<MultiValue> {
+    let (off, len) = (a.size(lua, 1, "offset")?, a.size(lua, 2, "length")?);
+    let data = a.bytes(3)?;
+    // Ceph's OSD refuses an extent whose length is not the data's.
+    if len != data.len() as u64 {
+        return Err(invalid(format!(
+            "write of length {len} with a bufferlist of {} bytes",
+            data.len()
+        )));
+    }
+    out(lua, b.obj().write(off, &data).map_err(raise)?)
+}
+
+/// A table of names to bufferlists (xattrs, omap entries).
+fn bl_table(lua: &Lua, entries: Vec<(Vec<u8>, Vec<u8>)>) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, entries.len())?;
+    for (k, v) in entries {
+        t.raw_set(lua.create_string(&k)?, Bl::create(lua, v)?)?;
+    }
+    Ok(t)
 }
 
 /// The entries of a `map_set_vals` table, as Ceph takes them: string or number keys (a
@@ -378,24 +395,6 @@ fn omap_pairs(lua: &Lua, vals: &Table) -> mlua::Result<Vec<(Vec<u8>, Vec<u8>)>> 
         pairs.push((key, value));
     }
     Ok(pairs)
-}
-
-fn add_version_functions<'scope, 'env: 'scope, 'o: 'env>(
-    scope: &'scope Scope<'scope, 'env>,
-    t: &Table,
-    object: Obj<'env, 'o>,
-) -> mlua::Result<()> {
-    let obj = move || object.borrow_mut();
-    add(scope, t, "objclass.current_version", move |_, _| {
-        obj().current_version().map_err(raise)
-    })?;
-    // A call is the only operation of its "compound op": sub-operation 0.
-    add(scope, t, "objclass.current_subop_num", |_, _| Ok(0))?;
-    add(scope, t, "objclass.current_subop_version", move |_, _| {
-        let v = obj().current_version().map_err(raise)?;
-        Ok(format!("{v}.0"))
-    })?;
-    Ok(())
 }
 
 /// `register(f)`: `f` becomes callable as a method; twice is an error, as in Ceph.

@@ -9,11 +9,14 @@
 //! (name, generation), in text mode only (precompiled bytecode is refused: it can crash
 //! the VM).
 //!
-//! Every call gets a fresh environment table holding copies of the library tables, so
-//! nothing one call assigns (a global, `string.foo = ...`) is seen by the next. The copies
-//! are made by a Lua function the VM compiles once (`FRESH`): one call into Lua instead of
-//! a crossing per table entry. The shared string metatable is hidden (`getmetatable("")`
-//! is false) and `getmetatable` of a userdata is nil, so no shared table is reachable.
+//! Every call gets a fresh environment table holding copies of the library tables and of
+//! the `objclass` table, so nothing one call assigns (a global, `string.foo = ...`,
+//! `objclass.read = nil`) is seen by the next. The copies are made by Lua functions the VM
+//! generates and compiles once (`copier`): one table constructor per table, sized once,
+//! instead of a copying loop. The objclass functions are made once per VM too, and reach
+//! the call's object through one dispatcher the call binds (`objclass::Prepared`). The
+//! shared string metatable is hidden (`getmetatable("")` is false) and `getmetatable` of
+//! a userdata is nil, so no shared table is reachable.
 //!
 //! Limits, per call (`budget`): a memory budget (Lua heap and, separately, the bytes held
 //! by bufferlists and images), an instruction budget and a deadline, checked by a hook every
@@ -44,27 +47,61 @@ const SAFE_GLOBALS: &[&str] = &[
     "select", "tonumber", "tostring", "type", "_VERSION",
 ];
 
-/// Libraries every call gets a fresh copy of.
+/// Standard libraries every call gets a fresh copy of.
 const LIBRARIES: &[&str] = &["string", "table", "math", "utf8"];
 
-/// The VM's own helpers, run with the full globals: `copy(t)` is a shallow copy of `t`,
-/// `fresh(base, libraries)` a call's environment, the base functions and a copy of each
-/// library under its name, with `_G` itself.
-const FRESH: &str = r#"
-local next = next
-local function copy(t)
-  local c = {}
-  for k, v in next, t do c[k] = v end
-  return c
-end
-local function fresh(base, libraries)
-  local env = copy(base)
-  for name, lib in next, libraries do env[name] = copy(lib) end
-  env._G = env
-  return env
-end
-return copy, fresh
-"#;
+/// A Lua function, compiled once per VM, `function(t, n)`: a copy of `t` (which has
+/// `template`'s keys) made by one table constructor, `{["k"] = t["k"], ...}`, holding a
+/// copy of `n[i]` under the name of `nested[i]`, made the same way. A constructor sizes
+/// its table once, where a copying loop would grow and rehash it entry by entry.
+fn copier(
+    lua: &Lua,
+    name: &str,
+    template: &Table,
+    nested: &[(&str, Table)],
+) -> mlua::Result<Function> {
+    let mut src = format!(
+        "return function(t, n)\nlocal c = {}\n",
+        constructor("t", template)?
+    );
+    for (i, (key, table)) in nested.iter().enumerate() {
+        src.push_str(&format!(
+            "do local l = n[{}]; c[{}] = {} end\n",
+            i + 1,
+            quoted(key)?,
+            constructor("l", table)?
+        ));
+    }
+    src.push_str("return c\nend\n");
+    lua.load(src).set_name(format!("={name}")).call(())
+}
+
+/// `{["k"] = VAR["k"], ...}` for every key of `t` (all strings: library and API names).
+fn constructor(var: &str, t: &Table) -> mlua::Result<String> {
+    let mut fields = Vec::new();
+    for pair in t.pairs::<Value, Value>() {
+        let key = match pair?.0 {
+            Value::String(s) => s.to_str()?.to_string(),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "a {} key in a library",
+                    other.type_name()
+                )))
+            }
+        };
+        let key = quoted(&key)?;
+        fields.push(format!("[{key}] = {var}[{key}]"));
+    }
+    Ok(format!("{{{}}}", fields.join(", ")))
+}
+
+/// `key` as a Lua string literal; names are plain identifiers, anything else is refused.
+fn quoted(key: &str) -> mlua::Result<String> {
+    match key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        true => Ok(format!("\"{key}\"")),
+        false => Err(mlua::Error::runtime(format!("library key {key:?}"))),
+    }
+}
 
 /// How often the limit hook runs, in VM instructions.
 const HOOK_EVERY: u32 = 1000;
@@ -95,14 +132,15 @@ struct Vm {
     lua: Lua,
     /// The whitelisted base functions, plus the wrapped pcall/xpcall/getmetatable/print.
     base: Table,
-    /// By name: the real library tables, and `bufferlist`, `digest`, `image`, `cmsgpack`
-    /// (made once): copied into each call's environment.
+    /// The real library tables, then `bufferlist`, `digest`, `image`, `cmsgpack` (made
+    /// once), as a sequence in `fresh`'s order: copied into each call's environment.
     libraries: Table,
-    /// What each call's `objclass` table is a copy of.
-    objclass: Table,
-    /// `FRESH`'s two functions.
-    copy: Function,
+    /// What each call's `objclass` is a copy of, bound to the call's object (`bind`).
+    objclass: objclass::Prepared,
+    /// `(base, libraries)` -> a call's environment (`copier`).
     fresh: Function,
+    /// `objclass.template` -> the call's `objclass` table.
+    fresh_objclass: Function,
     compiled: HashMap<(String, u64), Function>,
 }
 
@@ -176,22 +214,25 @@ impl Vm {
             base.set(*name, globals.get::<Value>(*name)?)?;
         }
         super::base::install(&lua, &base, &globals)?;
-        let libraries = lua.create_table()?;
+        let mut named = Vec::new();
         for name in LIBRARIES {
-            libraries.raw_set(*name, globals.get::<Table>(*name)?)?;
+            named.push((*name, globals.get::<Table>(*name)?));
         }
-        libraries.raw_set("bufferlist", super::bufferlist::module(&lua)?)?;
-        libraries.raw_set("digest", super::digest::module(&lua)?)?;
-        libraries.raw_set("image", super::image::module(&lua)?)?;
-        libraries.raw_set("cmsgpack", super::msgpack::module(&lua)?)?;
-        let (copy, fresh) = lua.load(FRESH).set_name("=lunafs").call(())?;
+        named.push(("bufferlist", super::bufferlist::module(&lua)?));
+        named.push(("digest", super::digest::module(&lua)?));
+        named.push(("image", super::image::module(&lua)?));
+        named.push(("cmsgpack", super::msgpack::module(&lua)?));
+        let fresh = copier(&lua, "environment", &base, &named)?;
+        let libraries = lua.create_sequence_from(named.into_iter().map(|(_, t)| t))?;
+        let objclass = objclass::prepare(&lua)?;
+        let fresh_objclass = copier(&lua, "objclass", &objclass.template, &[])?;
         Ok(Vm {
-            objclass: objclass::template(&lua)?,
             lua,
             base,
             libraries,
-            copy,
+            objclass,
             fresh,
+            fresh_objclass,
             compiled: HashMap::new(),
         })
     }
@@ -212,6 +253,7 @@ impl Vm {
     /// A fresh environment: the base functions and copies of the library tables.
     fn environment(&self) -> mlua::Result<Table> {
         let env: Table = self.fresh.call((&self.base, &self.libraries))?;
+        env.raw_set("_G", &env)?;
         self.lua
             .set_named_registry_value(super::base::ENV_KEY, &env)?;
         Ok(env)
@@ -358,15 +400,19 @@ impl Vm {
         let object = RefCell::new(object);
         let lua = &self.lua;
         let fail = |e: mlua::Error| classify_error(&e);
+        let registered = lua.create_table().map_err(fail)?;
+        let bound = objclass::Bound {
+            object: &object,
+            site: &site,
+            registered: registered.clone(),
+        };
         lua.scope(|scope| {
             let env = self.environment()?;
-            let registered = lua.create_table()?;
-            let cls = self.copy.call(&self.objclass)?;
-            let cls = objclass::module(lua, scope, cls, &object, &site, &registered)?;
-            env.raw_set("objclass", cls.clone())?;
-            env.raw_set("cls", cls.clone())?;
-            let log: Function = cls.get("log")?;
-            env.raw_set("print", log)?;
+            self.objclass.bind(scope, &bound)?;
+            let cls: Table = self.fresh_objclass.call(&self.objclass.template)?;
+            env.raw_set("objclass", &cls)?;
+            env.raw_set("cls", &cls)?;
+            env.raw_set("print", cls.raw_get::<Function>("log")?)?;
             self.install_require(scope, &env, modules)?;
             main.set_environment(env.clone())?;
             main.call::<()>(())?;
