@@ -8,10 +8,10 @@
 //! Lua VM) and a bounded queue: a call that finds the queue full is refused with EAGAIN
 //! rather than held in memory without bound.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// Calls waiting for a thread before new ones are refused.
 const QUEUE: usize = 1024;
@@ -24,50 +24,84 @@ pub trait Job: Send {
     fn refuse(self: Box<Self>, errno: i32);
 }
 
+/// The queue the pool's threads take calls from. One condition variable: a queued call
+/// wakes one idle thread, and nothing else wakes (a channel behind a lock woke two: the
+/// receiver, then the next thread to wait on the lock).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Box<dyn Job>>,
+    closed: bool,
+}
+
 pub struct CallPool {
-    queue: SyncSender<Box<dyn Job>>,
+    queue: Arc<Queue>,
 }
 
 impl CallPool {
     pub fn new(threads: usize) -> std::io::Result<CallPool> {
-        let (queue, jobs) = sync_channel::<Box<dyn Job>>(QUEUE);
-        let jobs = Arc::new(Mutex::new(jobs));
+        let queue = Arc::new(Queue::default());
         for i in 0..threads.max(1) {
-            let jobs = jobs.clone();
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("call-{i}"))
-                .spawn(move || work(&jobs))?;
+                .spawn(move || work(&queue))?;
         }
         Ok(CallPool { queue })
     }
 
     /// Queues `job`; a full queue refuses it at once with EAGAIN.
     pub fn submit(&self, job: Box<dyn Job>) {
-        match self.queue.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(job)) => {
-                tracing::warn!(queued = QUEUE, "handler-call queue full; refusing a call");
-                job.refuse(libc::EAGAIN)
-            }
-            Err(TrySendError::Disconnected(job)) => job.refuse(libc::ESHUTDOWN),
+        let mut state = self.queue.state.lock();
+        if state.closed {
+            drop(state);
+            return job.refuse(libc::ESHUTDOWN);
+        }
+        if state.jobs.len() >= QUEUE {
+            drop(state);
+            tracing::warn!(queued = QUEUE, "handler-call queue full; refusing a call");
+            return job.refuse(libc::EAGAIN);
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.queue.ready.notify_one();
+    }
+}
+
+impl Drop for CallPool {
+    /// The threads finish the calls queued, then end.
+    fn drop(&mut self) {
+        self.queue.state.lock().closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
+fn work(queue: &Queue) {
+    while let Some(job) = next(queue) {
+        // A bug in one call must not take a thread from every later one; the job's
+        // reply is answered by its drop (fuser answers EIO for a dropped reply).
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
+        if run.is_err() {
+            tracing::error!("a handler call panicked; its caller gets EIO");
         }
     }
 }
 
-fn work(jobs: &Mutex<Receiver<Box<dyn Job>>>) {
+/// The next queued call, waiting for one; None once the pool is closed and drained.
+fn next(queue: &Queue) -> Option<Box<dyn Job>> {
+    let mut state = queue.state.lock();
     loop {
-        // One thread waits on the queue at a time; the others wait for the lock.
-        let job = jobs.lock().recv();
-        match job {
-            // A bug in one call must not take a thread from every later one; the job's
-            // reply is answered by its drop (fuser answers EIO for a dropped reply).
-            Ok(job) => {
-                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()));
-                if run.is_err() {
-                    tracing::error!("a handler call panicked; its caller gets EIO");
-                }
-            }
-            Err(_) => return,
+        if let Some(job) = state.jobs.pop_front() {
+            return Some(job);
         }
+        if state.closed {
+            return None;
+        }
+        queue.ready.wait(&mut state);
     }
 }
