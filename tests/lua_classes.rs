@@ -457,3 +457,70 @@ fn a_setfattr_call_that_would_shrink_the_object_is_refused_and_changes_nothing()
     assert_eq!(fs::read(&path).unwrap(), b"long contents");
     assert!(fs.log().contains("no_writeback_cache"), "{}", fs.log());
 }
+
+#[test]
+fn pipelined_control_file_requests_run_in_order_and_answer_in_order() {
+    use std::io::{Read, Write};
+    let fs = TestFs::mount();
+    fs.bucket("b");
+    fs.put_class(
+        "counter",
+        &fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/examples/counter.lua"),
+        )
+        .unwrap(),
+    );
+    fs::write(fs.path("b/n"), b"").unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fs.path(".lunafs/call"))
+        .unwrap();
+    // Five requests in two writes (the third split across them), one of them failing.
+    let batch = b"exec counter.incr 0 b/n\nexec counter.incr 0 b/n\nexec count".to_vec();
+    f.write_all(&batch).unwrap();
+    f.write_all(b"er.incr 0 b/n\nexec nosuch.m 0 b/n\nexec counter.incr 0 b/n\n")
+        .unwrap();
+    let mut responses = Vec::new();
+    f.read_to_end(&mut responses).unwrap();
+    let mut rest = &responses[..];
+    let mut got = Vec::new();
+    while !rest.is_empty() {
+        let nl = rest.iter().position(|&b| b == b'\n').unwrap();
+        let head = std::str::from_utf8(&rest[..nl]).unwrap().to_string();
+        let lens: Vec<usize> = head
+            .split(' ')
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let end = nl + 1 + lens[0] + lens[1];
+        got.push(common::parse_response(&rest[..end]).unwrap());
+        rest = &rest[end..];
+    }
+    let shown: Vec<(i32, String)> = got
+        .iter()
+        .map(|c| (c.result, String::from_utf8_lossy(&c.output).into_owned()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (0, "1".into()),
+            (0, "2".into()),
+            (0, "3".into()),
+            (-libc::EOPNOTSUPP, String::new()),
+            (0, "4".into())
+        ],
+        "{got:?}"
+    );
+    assert!(got[3].message.contains("not installed"), "{got:?}");
+    // The next write starts a new batch on the same open file; a malformed request fails
+    // its write with EINVAL and the requests before it in that write are dropped with it.
+    let err = f
+        .write_all(b"exec counter.incr 0 b/n\nexec counter 0 b/n\n")
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    f.write_all(b"exec counter.incr 0 b/n\n").unwrap();
+    let mut resp = Vec::new();
+    f.read_to_end(&mut resp).unwrap();
+    assert_eq!(common::parse_response(&resp).unwrap().output, b"5");
+}

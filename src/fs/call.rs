@@ -7,22 +7,31 @@
 //! response: RESULT OUTPUT_LEN MESSAGE_LEN\n  OUTPUT MESSAGE
 //! ```
 //! PATH is the object's path from the mount root (`bucket/key`, the rest of the line, so it
-//! may hold spaces). Writes append to the request whatever their offset; the call runs on the
-//! first read after the request is complete. (Not inside the write: the kernel holds the
+//! may hold spaces). Writes append to the requests whatever their offset; the calls run on
+//! the first read after a request is complete. (Not inside the write: the kernel holds the
 //! file's inode lock for a direct write, so calls made in writes would run one at a time
-//! across the whole mount; reads take no such lock.) Reads return the response in order,
-//! whatever their offset, like a socket; a new request may follow on the same open file. A
-//! malformed request fails its write with EINVAL; everything that goes wrong after parsing
-//! (no such object, no access, the handler's errors) is a response.
+//! across the whole mount; reads take no such lock.) Reads return the responses in order,
+//! whatever their offset, like a socket; new requests may follow on the same open file.
+//!
+//! Requests may be pipelined: every request complete before a read is one batch, which that
+//! read runs in order (each request its own call and transaction) and whose responses follow
+//! one another. A client sending many calls thus pays two FUSE round trips per batch, not
+//! per call. A write after a read starts a new batch and drops what is unread of the last
+//! one's responses. A malformed request fails its write with EINVAL (and the requests that
+//! write completed are dropped with it); everything that goes wrong after parsing (no such
+//! object, no access, the handler's errors) is a response.
 
 use crate::error::{Error, Result};
 
 /// Longest request line (a path of PATH_MAX plus the fields).
 const MAX_HEADER: usize = 8192;
 
-/// Largest script plus input of one request: the file is open to every user, and the bytes
-/// are held in the daemon until the request is complete.
+/// Largest script plus input of one request, and of one batch: the file is open to every
+/// user, and the bytes are held in the daemon until the batch runs.
 pub const MAX_BODY: usize = 256 << 20;
+
+/// Most requests in one batch (written before one read).
+pub const MAX_BATCH: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
@@ -59,8 +68,20 @@ fn word(field: Option<&[u8]>, what: &str) -> Result<String> {
     String::from_utf8(f.to_vec()).map_err(|_| bad(format!("{what} is not UTF-8")))
 }
 
-/// A complete request at the start of `buf`, None if more bytes are needed.
-pub fn parse(buf: &[u8]) -> Result<Option<Request>> {
+impl Request {
+    /// The body bytes it holds (script and input).
+    fn body_len(&self) -> usize {
+        let script = match &self.what {
+            What::Eval { script, .. } => script.len(),
+            What::Exec { .. } => 0,
+        };
+        script + self.input.len()
+    }
+}
+
+/// A complete request at the start of `buf` and the bytes it took, None if more bytes are
+/// needed.
+pub fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>> {
     let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
         if buf.len() > MAX_HEADER {
             return Err(bad(format!(
@@ -120,12 +141,6 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>> {
     if body.len() < need {
         return Ok(None);
     }
-    if body.len() > need {
-        return Err(bad(format!(
-            "{} bytes after the request's body",
-            body.len() - need
-        )));
-    }
     let what = match what {
         What::Eval { method, .. } => What::Eval {
             method,
@@ -133,11 +148,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<Request>> {
         },
         exec => exec,
     };
-    Ok(Some(Request {
+    let request = Request {
         what,
         path,
-        input: body[script_len..].to_vec(),
-    }))
+        input: body[script_len..need].to_vec(),
+    };
+    Ok(Some((request, nl + 1 + need)))
 }
 
 pub fn response(result: i32, output: &[u8], message: &str) -> Vec<u8> {
@@ -147,51 +163,70 @@ pub fn response(result: i32, output: &[u8], message: &str) -> Vec<u8> {
     out
 }
 
-/// One open `/.lunafs/call` file: the request being written and the response being read.
+/// One open `/.lunafs/call` file: the requests being written and the responses being read.
 #[derive(Default)]
 pub struct Exchange {
+    /// Bytes of a request not yet complete.
     request: Vec<u8>,
-    /// A complete request whose call has not run yet (it runs on the next read).
-    pending: Option<Request>,
+    /// Complete requests whose calls have not run yet (they run on the next read).
+    pending: Vec<Request>,
     response: Vec<u8>,
     read: usize,
 }
 
 impl Exchange {
-    /// Adds written bytes; once they make a complete request it waits for the next read.
-    /// A new request discards an unread response (and a call never read).
+    /// Adds written bytes; the requests they complete wait for the next read. The first
+    /// write after a read starts a new batch, dropping what is unread of the responses.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        if self.request.is_empty() {
+        if self.request.is_empty() && self.pending.is_empty() {
             self.response.clear();
             self.read = 0;
-            self.pending = None;
         }
         self.request.extend_from_slice(data);
-        match parse(&self.request) {
-            Ok(Some(req)) => {
-                self.request.clear();
-                self.pending = Some(req);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                self.request.clear();
-                Err(e)
-            }
+        let before = self.pending.len();
+        let taken = self.take_requests();
+        if taken.is_err() {
+            self.request.clear();
+            self.pending.truncate(before);
         }
+        taken
     }
 
-    /// The request whose call is due (at a read), once.
-    pub fn take_pending(&mut self) -> Option<Request> {
-        self.pending.take()
+    /// Moves the complete requests at the start of `request` to `pending`.
+    fn take_requests(&mut self) -> Result<()> {
+        let mut at = 0;
+        let mut held: usize = self.pending.iter().map(Request::body_len).sum();
+        while let Some((req, used)) = parse(&self.request[at..])? {
+            held += req.body_len();
+            if held > MAX_BODY {
+                return Err(bad(format!(
+                    "the requests before a read may hold {MAX_BODY} bytes at most"
+                )));
+            }
+            if self.pending.len() >= MAX_BATCH {
+                return Err(bad(format!(
+                    "at most {MAX_BATCH} requests may wait for a read"
+                )));
+            }
+            self.pending.push(req);
+            at += used;
+        }
+        self.request.drain(..at);
+        Ok(())
     }
 
+    /// The requests whose calls are due (at a read), once.
+    pub fn take_pending(&mut self) -> Vec<Request> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Stores a batch's responses, to be read from the start.
     pub fn respond(&mut self, response: Vec<u8>) {
         self.response = response;
         self.read = 0;
     }
 
-    /// The next `len` bytes of the response.
+    /// The next `len` bytes of the responses.
     pub fn read(&mut self, len: usize) -> Vec<u8> {
         let end = self.read.saturating_add(len).min(self.response.len());
         let out = self.response[self.read..end].to_vec();
@@ -208,7 +243,8 @@ mod tests {
     fn exec_requests_parse_with_binary_input_and_spaces_in_the_path() {
         let mut buf = b"exec md5.digest 3 photos/my cat.jpg\n".to_vec();
         buf.extend_from_slice(b"a\0b");
-        let req = parse(&buf).unwrap().unwrap();
+        let (req, used) = parse(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
         assert_eq!(
             req.what,
             What::Exec {
@@ -222,7 +258,7 @@ mod tests {
 
     #[test]
     fn eval_requests_carry_script_then_input() {
-        let req = parse(b"eval go 5 2 b/k\nx=1;;in").unwrap().unwrap();
+        let (req, _) = parse(b"eval go 5 2 b/k\nx=1;;in").unwrap().unwrap();
         assert_eq!(
             req.what,
             What::Eval {
@@ -241,7 +277,8 @@ mod tests {
         assert!(parse(b"exec ab 0 b/k\n").is_err());
         assert!(parse(b"exec a.b x b/k\n").is_err());
         assert!(parse(b"exec a.b 0\n").is_err());
-        assert!(parse(b"exec a.b 0 b/k\nextra").is_err());
+        let (_, used) = parse(b"exec a.b 0 b/k\nexec").unwrap().unwrap();
+        assert_eq!(used, 15, "the next request's start is left");
         assert!(parse(format!("exec a.b {} b/k\n", MAX_BODY + 1).as_bytes()).is_err());
     }
 
@@ -249,15 +286,36 @@ mod tests {
     fn an_exchange_answers_in_order_and_takes_a_second_request() {
         let mut x = Exchange::default();
         x.write(b"exec a.b 2 b/k\nh").unwrap();
-        assert_eq!(x.take_pending(), None);
+        assert!(x.take_pending().is_empty());
         x.write(b"i").unwrap();
-        let req = x.take_pending().unwrap();
-        assert_eq!(req.input, b"hi");
-        assert_eq!(x.take_pending(), None);
+        let batch = x.take_pending();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].input, b"hi");
+        assert!(x.take_pending().is_empty());
         x.respond(response(0, b"out", ""));
         assert_eq!(x.read(3), b"0 3");
         assert_eq!(x.read(100), b" 0\nout");
         x.write(b"exec a.b 0 b/k\n").unwrap();
-        assert!(x.take_pending().is_some());
+        assert_eq!(x.take_pending().len(), 1);
+    }
+
+    #[test]
+    fn pipelined_requests_make_one_batch_and_a_bad_write_drops_only_its_own() {
+        let mut x = Exchange::default();
+        x.write(b"exec a.b 1 b/k\n1exec a.b 1 b/k\n2exec a.")
+            .unwrap();
+        x.write(b"b 1 b/k\n3").unwrap();
+        x.write(b"exec a.b 1 b/k\n4run x\n").unwrap_err();
+        let inputs: Vec<_> = x.take_pending().into_iter().map(|r| r.input).collect();
+        assert_eq!(inputs, [b"1", b"2", b"3"]);
+        // A write after the read starts a new batch and drops the unread responses.
+        x.respond(response(0, b"", ""));
+        x.write(b"exec a.b 0 b/k\n").unwrap();
+        assert_eq!(x.read(100), b"");
+        for _ in 1..MAX_BATCH {
+            x.write(b"exec a.b 0 b/k\n").unwrap();
+        }
+        x.write(b"exec a.b 0 b/k\n").unwrap_err();
+        assert_eq!(x.take_pending().len(), MAX_BATCH);
     }
 }

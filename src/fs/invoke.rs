@@ -16,6 +16,7 @@
 //! inode's lock for the request, and the call carries no name), so there a shrinking call
 //! is refused by `core` before it commits.
 
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,11 +66,11 @@ pub struct CallFile {
 }
 
 impl CallFile {
-    /// A write of request bytes; refused while the previous request's call runs.
+    /// A write of request bytes; refused while the previous batch's calls run.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         if self.running {
             return Err(Error::Busy(
-                "/.lunafs/call: the previous call is still running".into(),
+                "/.lunafs/call: the previous calls are still running".into(),
             ));
         }
         self.exchange.write(data)
@@ -118,12 +119,14 @@ impl Job for XattrCall {
     }
 }
 
-/// The read that runs a complete `/.lunafs/call` request, queued.
+/// The read that runs a batch of `/.lunafs/call` requests, queued.
 pub struct FileCall {
     pub invoker: Arc<Invoker>,
     pub ctx: Ctx,
     pub file: Arc<Mutex<CallFile>>,
-    pub request: call::Request,
+    pub requests: VecDeque<call::Request>,
+    /// The responses of the requests run so far, in order.
+    pub responses: Vec<u8>,
     pub size: u32,
     /// Taken when answered; a FileCall dropped unanswered (a panic) answers with EIO.
     pub reply: Option<ReplyData>,
@@ -132,13 +135,18 @@ pub struct FileCall {
 }
 
 impl FileCall {
-    /// Stores the response and answers this read and any that waited for it.
-    fn finish(&mut self, response: Vec<u8>) {
+    /// Stores the responses (with `rest` for each request not run) and answers this read
+    /// and any that waited for it.
+    fn finish(&mut self, rest: (i32, &str)) {
         let Some(reply) = self.reply.take() else {
             return;
         };
+        let mut responses = std::mem::take(&mut self.responses);
+        for _ in self.requests.drain(..) {
+            responses.extend(call::response(rest.0, b"", rest.1));
+        }
         let mut file = self.file.lock();
-        file.exchange.respond(response);
+        file.exchange.respond(responses);
         file.running = false;
         let first = file.exchange.read(self.size as usize);
         self.invoker.stats.read(first.len());
@@ -156,32 +164,34 @@ impl FileCall {
 
 impl Drop for FileCall {
     fn drop(&mut self) {
-        self.finish(call::response(
-            -libc::EIO,
-            b"",
-            "the call failed inside lunafs",
-        ));
+        self.finish((-libc::EIO, "the call failed inside lunafs"));
     }
 }
 
 impl Job for FileCall {
     fn run(mut self: Box<Self>) {
-        let response = self.invoker.run_request(self.ctx, &self.request);
-        self.finish(response);
+        // In order; each request leaves the batch once its response is in.
+        while !self.requests.is_empty() {
+            let response = self.invoker.run_request(self.ctx, &self.requests[0]);
+            self.responses.extend(response);
+            self.requests.pop_front();
+        }
+        self.finish((0, ""));
     }
 
     fn refuse(mut self: Box<Self>, errno: i32) {
-        self.invoker.stats.handler(false);
-        let message = "the handler-call queue is full; try again";
-        self.finish(call::response(-errno, b"", message));
+        for _ in &self.requests {
+            self.invoker.stats.handler(false);
+        }
+        self.finish((-errno, "the handler-call queue is full; try again"));
     }
 }
 
-/// What a read of an open `/.lunafs/call` does: answer now from the response, wait for a
-/// call that is running, or start the call a complete request is waiting for.
+/// What a read of an open `/.lunafs/call` does: answer now from the responses, wait for a
+/// batch that is running, or start the batch of requests waiting for it.
 pub enum CallRead {
     Answered,
-    Start(call::Request, ReplyData),
+    Start(Vec<call::Request>, ReplyData),
 }
 
 impl CallFile {
@@ -190,9 +200,10 @@ impl CallFile {
             self.waiting.push((reply, size));
             return CallRead::Answered;
         }
-        if let Some(request) = self.exchange.take_pending() {
+        let batch = self.exchange.take_pending();
+        if !batch.is_empty() {
             self.running = true;
-            return CallRead::Start(request, reply);
+            return CallRead::Start(batch, reply);
         }
         reply.data(&self.exchange.read(size as usize));
         CallRead::Answered

@@ -103,12 +103,13 @@ impl LunaFs {
         started: Option<super::stats::Started>,
     ) {
         let start = file.lock().read(size, reply);
-        if let CallRead::Start(request, reply) = start {
+        if let CallRead::Start(requests, reply) = start {
             let job = FileCall {
                 invoker: self.invoker.clone(),
                 ctx: super::ctx(req),
                 file: file.clone(),
-                request,
+                requests: requests.into(),
+                responses: Vec::new(),
                 size,
                 reply: Some(reply),
                 started,
