@@ -3,8 +3,10 @@
 #  1. round trip of a no-op handler: through /.lunafs/call (one open file, many requests),
 #     through setxattr(2) (what `setfattr -n user.cls.C.M` does, without the process), and
 #     through the `lunafs call` CLI (a process per call): calls/s, p50 and p99 latency.
-#  2. an omap-increment handler (counter.incr) from 1 and 8 clients against Redis's
-#     EVALSHA of an INCR (redis-benchmark, a private redis-server on loopback), same run.
+#  2. an omap-increment handler (counter.incr) from 1 and 8 clients, one call per round trip
+#     and 16 pipelined (one batch of requests per write on /.lunafs/call), against Redis's
+#     EVALSHA of an INCR the same ways (redis-benchmark -P, a private redis-server on
+#     loopback), same run.
 #  3. MD5 of a 256 MiB object: in place (`lunafs call FILE md5.digest`) against reading it
 #     through the mount and hashing in the client (md5sum), cold cache: time, and the bytes
 #     that crossed the FUSE boundary (from /.lunafs/stats).
@@ -99,16 +101,19 @@ stop_redis() {
 trap stop_redis EXIT
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 SHA=$(redis-cli -p "$REDIS_PORT" script load "return redis.call('INCR', KEYS[1])")
-echo "| system | clients | calls | calls/s | p50 (µs) | p99 (µs) |"
-echo "|---|---|---|---|---|---|"
-for clients in 1 8; do
-  python3 benches/calls_clients.py "$MNT" "$CALLS" "$clients"
-  total=$((CALLS * clients))
-  redis-benchmark -p "$REDIS_PORT" -c "$clients" -n "$total" --csv evalsha "$SHA" 1 k \
-    2>/dev/null | python3 benches/calls_clients.py --redis "$clients" "$total"
+echo "| system | clients | pipeline | calls | calls/s | p50 (µs) | p99 (µs) |"
+echo "|---|---|---|---|---|---|---|"
+for pipeline in 1 16; do
+  for clients in 1 8; do
+    python3 benches/calls_clients.py "$MNT" "$CALLS" "$clients" "$pipeline"
+    total=$((CALLS * clients))
+    redis-benchmark -p "$REDIS_PORT" -c "$clients" -P "$pipeline" -n "$total" --csv \
+      evalsha "$SHA" 1 k 2>/dev/null |
+      python3 benches/calls_clients.py --redis "$clients" "$pipeline" "$total"
+  done
 done
-# Every EVALSHA ran: 1 + 8 clients' worth of increments.
-[ "$(redis-cli -p "$REDIS_PORT" get k)" -eq $((CALLS * 9)) ]
+# Every EVALSHA ran: 1 + 8 clients' worth of increments, unpipelined and pipelined.
+[ "$(redis-cli -p "$REDIS_PORT" get k)" -eq $((CALLS * 18)) ]
 
 echo
 echo "## MD5 of a ${MB} MiB object, cold cache"
